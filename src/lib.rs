@@ -1,0 +1,9 @@
+//! strata: a FUSE union filesystem with kernel-overlayfs semantics.
+#![deny(unsafe_code)]
+
+pub mod fuse;
+pub mod mount;
+pub mod options;
+#[allow(unsafe_code)]
+pub mod sys;
+pub mod union;

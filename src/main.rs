@@ -1,0 +1,131 @@
+//! strata's command line. The only place `anyhow` is used.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use strata::mount::{MountRequest, umount};
+use strata::options::MountOptions;
+
+#[derive(Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = "Union filesystem for container layers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Mount a union of layers (also the default: `strata -o lowerdir=A:B MNT`).
+    Mount(MountArgs),
+    /// Unmount a strata mount.
+    Umount {
+        mountpoint: PathBuf,
+        /// Detach now, clean up when no longer busy.
+        #[arg(short, long)]
+        lazy: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct MountArgs {
+    /// Lower layer, top first; repeat for more layers.
+    #[arg(long = "lower", value_name = "DIR")]
+    lowers: Vec<PathBuf>,
+    /// Writable upper layer.
+    #[arg(long, value_name = "DIR")]
+    upper: Option<PathBuf>,
+    /// Work directory, on the upper's filesystem.
+    #[arg(long, value_name = "DIR")]
+    work: Option<PathBuf>,
+    /// Options in fuse-overlayfs / mount(8) form: lowerdir=A:B,upperdir=U,workdir=W,...
+    #[arg(short = 'o', value_name = "OPTS")]
+    options: Vec<OsString>,
+    /// Stay in the foreground instead of serving from a background daemon.
+    #[arg(short, long)]
+    foreground: bool,
+    /// Log every request to stderr (implies --foreground).
+    #[arg(short, long)]
+    debug: bool,
+    /// Request-handling threads.
+    #[arg(long, default_value_t = default_threads())]
+    threads: usize,
+    /// [SOURCE] MOUNTPOINT; SOURCE (as mount.fuse3 passes it) is ignored.
+    #[arg(required = true, num_args = 1..=2, value_name = "MOUNTPOINT")]
+    paths: Vec<PathBuf>,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| (n.get() * 2).clamp(4, 16))
+}
+
+/// `strata -o ... MNT` (fuse-overlayfs form) and `strata SRC MNT -o ...` (mount helper form)
+/// mean `strata mount ...`.
+fn normalise_args() -> Vec<OsString> {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    const KNOWN: &[&[u8]] = &[
+        b"mount",
+        b"umount",
+        b"help",
+        b"-h",
+        b"--help",
+        b"-V",
+        b"--version",
+    ];
+    if args.len() > 1 && !KNOWN.contains(&args[1].as_bytes()) {
+        args.insert(1, "mount".into());
+    }
+    args
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, naming the problem: every error message embeds its cause.
+            eprintln!("strata: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse_from(normalise_args());
+    match cli.cmd {
+        Cmd::Mount(a) => {
+            let mut options = MountOptions::default();
+            for o in &a.options {
+                options.apply(o.as_bytes())?;
+            }
+            if !a.lowers.is_empty() {
+                options.lowers = a.lowers;
+            }
+            options.upper = a.upper.or(options.upper);
+            options.work = a.work.or(options.work);
+            if a.debug {
+                env_logger::Builder::new()
+                    .filter_level(log::LevelFilter::Debug)
+                    .init();
+            }
+            let mountpoint = a.paths.last().cloned().unwrap_or_default();
+            strata::mount::run(MountRequest {
+                options,
+                mountpoint,
+                foreground: a.foreground || a.debug,
+                threads: a.threads,
+            })?;
+        }
+        Cmd::Umount { mountpoint, lazy } => {
+            umount(&mountpoint, lazy)
+                .with_context(|| format!("unmounting {}", mountpoint.display()))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! `strata mount`: check the layer stack, mount, serve; in the background by default (as
+//! fuse-overlayfs does), returning only once the mount is live.
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::fuse::StrataFs;
+use crate::options::{MountOptions, OptionError};
+use crate::sys::{self, Forked};
+use crate::union::{Stack, Union};
+
+/// Everything that can stop a mount, each naming the path at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error(transparent)]
+    Option(#[from] OptionError),
+    #[error("no lower layers given (use --lower DIR or -o lowerdir=DIR[:DIR...])")]
+    NoLayers,
+    #[error("{role} {path}: {cause}")]
+    Path {
+        role: &'static str,
+        path: PathBuf,
+        cause: io::Error,
+    },
+    #[error("{role} {path}: not a directory")]
+    NotADir { role: &'static str, path: PathBuf },
+    #[error("mountpoint {0}: not empty")]
+    MountpointNotEmpty(PathBuf),
+    #[error("lower layer {0} is listed twice")]
+    Duplicate(PathBuf),
+    #[error("{a_role} {a} and {b_role} {b} overlap: one is inside the other")]
+    Overlap {
+        a_role: &'static str,
+        a: PathBuf,
+        b_role: &'static str,
+        b: PathBuf,
+    },
+    #[error("upperdir and workdir go together: give both or neither")]
+    UpperWorkPair,
+    #[error("workdir {work} is not on the same filesystem as upperdir {upper}")]
+    WorkOtherFs { work: PathBuf, upper: PathBuf },
+    #[error("mounting on {path}: {cause}")]
+    Mount { path: PathBuf, cause: io::Error },
+    #[error("starting the background daemon: {0}")]
+    Daemon(io::Error),
+    #[error("{0}")]
+    Child(String),
+}
+
+/// A mount as asked for on the command line.
+pub struct MountRequest {
+    pub options: MountOptions,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub threads: usize,
+}
+
+/// The checked stack, with canonical paths.
+struct Checked {
+    lowers: Vec<PathBuf>,
+    upper: Option<(PathBuf, PathBuf)>,
+    mountpoint: PathBuf,
+}
+
+fn canonical_dir(role: &'static str, path: &Path) -> Result<PathBuf, MountError> {
+    let p = std::fs::canonicalize(path).map_err(|cause| MountError::Path {
+        role,
+        path: path.to_owned(),
+        cause,
+    })?;
+    if !p.is_dir() {
+        return Err(MountError::NotADir {
+            role,
+            path: path.to_owned(),
+        });
+    }
+    Ok(p)
+}
+
+fn nested(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+fn check(req: &MountRequest) -> Result<Checked, MountError> {
+    let o = &req.options;
+    if o.lowers.is_empty() {
+        return Err(MountError::NoLayers);
+    }
+    let mut lowers = Vec::new();
+    for l in &o.lowers {
+        let p = canonical_dir("lower layer", l)?;
+        if lowers.contains(&p) {
+            return Err(MountError::Duplicate(l.clone()));
+        }
+        lowers.push(p);
+    }
+    let upper = match (&o.upper, &o.work) {
+        (None, None) => None,
+        (Some(u), Some(w)) => {
+            let up = canonical_dir("upperdir", u)?;
+            let wp = canonical_dir("workdir", w)?;
+            let overlap = |a_role, a: &Path, b_role, b: &Path| MountError::Overlap {
+                a_role,
+                a: a.to_owned(),
+                b_role,
+                b: b.to_owned(),
+            };
+            if nested(&up, &wp) {
+                return Err(overlap("upperdir", u, "workdir", w));
+            }
+            for (l, given) in lowers.iter().zip(&o.lowers) {
+                if nested(&up, l) {
+                    return Err(overlap("upperdir", u, "lower layer", given));
+                }
+                if nested(&wp, l) {
+                    return Err(overlap("workdir", w, "lower layer", given));
+                }
+            }
+            let dev = |p: &Path, role| {
+                std::fs::metadata(p)
+                    .map(|m| m.dev())
+                    .map_err(|cause| MountError::Path {
+                        role,
+                        path: p.to_owned(),
+                        cause,
+                    })
+            };
+            if dev(&up, "upperdir")? != dev(&wp, "workdir")? {
+                return Err(MountError::WorkOtherFs {
+                    work: w.clone(),
+                    upper: u.clone(),
+                });
+            }
+            Some((up, wp))
+        }
+        _ => return Err(MountError::UpperWorkPair),
+    };
+    let mountpoint = canonical_dir("mountpoint", &req.mountpoint)?;
+    let mut entries = std::fs::read_dir(&mountpoint).map_err(|cause| MountError::Path {
+        role: "mountpoint",
+        path: req.mountpoint.clone(),
+        cause,
+    })?;
+    if entries.next().is_some() {
+        return Err(MountError::MountpointNotEmpty(req.mountpoint.clone()));
+    }
+    // Serving a mount from inside one of its own layers would make lookups recurse into it.
+    let upper_paths = upper.iter().flat_map(|(u, w)| [u, w]);
+    for layer in lowers.iter().chain(upper_paths) {
+        if mountpoint.starts_with(layer) {
+            return Err(MountError::Overlap {
+                a_role: "mountpoint",
+                a: req.mountpoint.clone(),
+                b_role: "layer",
+                b: layer.clone(),
+            });
+        }
+    }
+    Ok(Checked {
+        lowers,
+        upper,
+        mountpoint,
+    })
+}
+
+fn open_stack(c: &Checked) -> Result<Stack, MountError> {
+    let open = |role, p: &Path| {
+        sys::open_root(p).map_err(|cause| MountError::Path {
+            role,
+            path: p.to_owned(),
+            cause,
+        })
+    };
+    let mut lowers = Vec::new();
+    for l in &c.lowers {
+        lowers.push(open("lower layer", l)?);
+    }
+    let upper = match &c.upper {
+        Some((u, _)) => Some(open("upperdir", u)?),
+        None => None,
+    };
+    Ok(Stack { upper, lowers })
+}
+
+fn fuse_config(req: &MountRequest, has_upper: bool) -> Config {
+    let o = &req.options;
+    let fsname = o.fsname.clone().unwrap_or_else(|| OsString::from("strata"));
+    let mut opts = vec![
+        MountOption::FSName(fsname.to_string_lossy().into_owned()),
+        MountOption::Subtype("strata".into()),
+        // The kernel checks permissions against the merged attributes, as overlayfs does.
+        MountOption::DefaultPermissions,
+        if o.dev {
+            MountOption::Dev
+        } else {
+            MountOption::NoDev
+        },
+        if o.suid {
+            MountOption::Suid
+        } else {
+            MountOption::NoSuid
+        },
+    ];
+    if o.read_only || !has_upper {
+        opts.push(MountOption::RO);
+    }
+    if o.noexec {
+        opts.push(MountOption::NoExec);
+    }
+    if o.noatime {
+        opts.push(MountOption::NoAtime);
+    }
+    let mut cfg = Config::default();
+    cfg.mount_options = opts;
+    cfg.acl = if o.allow_other {
+        SessionACL::All
+    } else if o.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    cfg.n_threads = Some(req.threads.max(1));
+    cfg.clone_fd = true;
+    cfg
+}
+
+/// Mounts and serves. In the background mode the calling process exits inside (0 once the
+/// mount is live, 1 with the daemon's error) and this returns only in the daemon.
+pub fn run(req: MountRequest) -> Result<(), MountError> {
+    let checked = check(&req)?;
+    let stack = open_stack(&checked)?;
+    if req.foreground {
+        return serve(&req, &checked, stack, &mut None);
+    }
+    let (rd, wr) = sys::pipe().map_err(MountError::Daemon)?;
+    match sys::fork().map_err(MountError::Daemon)? {
+        Forked::Parent => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(rd).read_to_string(&mut msg);
+            match msg.strip_prefix("ok") {
+                Some(_) => std::process::exit(0),
+                None if msg.is_empty() => {
+                    Err(MountError::Child("the daemon died while mounting".into()))
+                }
+                None => Err(MountError::Child(msg)),
+            }
+        }
+        Forked::Child => {
+            drop(rd);
+            let _ = sys::setsid();
+            // serve() takes the pipe (closing it tells the caller the mount is live); if it
+            // fails before that, the error goes back through the pipe.
+            let mut report = Some(std::fs::File::from(wr));
+            let r = serve(&req, &checked, stack, &mut report);
+            if let (Err(e), Some(mut pipe)) = (&r, report) {
+                let _ = write!(pipe, "{e}");
+            }
+            r
+        }
+    }
+}
+
+fn serve(
+    req: &MountRequest,
+    c: &Checked,
+    stack: Stack,
+    report: &mut Option<std::fs::File>,
+) -> Result<(), MountError> {
+    let union = Union::new(stack).map_err(|cause| MountError::Path {
+        role: "layer stack",
+        path: c.lowers[0].clone(),
+        cause,
+    })?;
+    let has_upper = union.has_upper();
+    let ttl = req.options.timeout.unwrap_or(if has_upper {
+        Duration::from_secs(1)
+    } else {
+        // Nothing can change a lower-only union: let the kernel cache it for good.
+        Duration::from_secs(86400)
+    });
+    let fs = StrataFs::new(union, ttl, sys::is_root());
+    let cfg = fuse_config(req, has_upper);
+    let mount_err = |cause| MountError::Mount {
+        path: req.mountpoint.clone(),
+        cause,
+    };
+    let mut session = fuser::Session::new(fs, &c.mountpoint, &cfg).map_err(mount_err)?;
+    // SIGINT/SIGTERM/SIGHUP unmount cleanly; the session then ends by itself.
+    let mut unmounter = session.unmount_callable();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(MountError::Daemon)?;
+    let mountpoint = c.mountpoint.clone();
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() && unmounter.unmount().is_err() {
+            let _ = sys::unmount(&mountpoint, true);
+        }
+    });
+    if let Some(mut report) = report.take() {
+        let _ = report.write_all(b"ok");
+        drop(report);
+        let _ = sys::stdio_to_devnull();
+    }
+    session.run().map_err(mount_err)
+}
+
+/// `strata umount`: unmount as root directly, otherwise through fusermount3.
+pub fn umount(path: &Path, lazy: bool) -> io::Result<()> {
+    match sys::unmount(path, lazy) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let mut cmd = std::process::Command::new("fusermount3");
+            cmd.arg("-u");
+            if lazy {
+                cmd.arg("-z");
+            }
+            let status = cmd.arg(path).status()?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!(
+                    "fusermount3 -u failed ({status})"
+                )))
+            }
+        }
+        Err(e) => Err(e),
+    }
+}

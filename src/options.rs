@@ -1,0 +1,316 @@
+//! Parsing of fuse-overlayfs style `-o` option strings.
+//!
+//! Option values are paths, so everything stays bytes: a lowerdir with a non-UTF-8 name must
+//! reach the filesystem exactly. Commas and colons inside values are escaped with a backslash,
+//! as libfuse and the kernel's overlayfs accept (`lowerdir=/a\:b:/c`).
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One problem with a `-o` option string, named so a user can fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    #[error("unknown mount option '{0}'")]
+    Unknown(String),
+    #[error("mount option '{0}' is not supported by strata yet")]
+    Unsupported(String),
+    #[error("mount option '{0}' needs a value")]
+    MissingValue(String),
+    #[error("mount option '{0}' takes no value")]
+    UnexpectedValue(String),
+    #[error("mount option '{name}' has a bad value '{value}': {why}")]
+    BadValue {
+        name: String,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// How deleted lower entries are recorded in the upper layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhiteoutFormat {
+    /// Char device 0/0 where mknod works, else `.wh.` files.
+    #[default]
+    Auto,
+    CharDev,
+    Oci,
+}
+
+/// Everything `-o` and the long options can set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Lower layers, top first.
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    /// `ro` asked for: every write gets EROFS even with an upper.
+    pub read_only: bool,
+    pub dev: bool,
+    pub suid: bool,
+    pub noexec: bool,
+    pub noatime: bool,
+    pub fsname: Option<OsString>,
+    /// Attribute/entry cache timeout (fuse-overlayfs `timeout=`), seconds.
+    pub timeout: Option<Duration>,
+    pub whiteout: WhiteoutFormat,
+}
+
+/// fuse-overlayfs options strata does not implement yet: rejected by name, never ignored.
+const NOT_YET: &[&str] = &[
+    "uidmapping",
+    "gidmapping",
+    "squash_to_root",
+    "squash_to_uid",
+    "squash_to_gid",
+    "xattr_permissions",
+    "static_nlink",
+    "noxattrs",
+    "plugins",
+    "volatile",
+    "fast_ino",
+    "writeback",
+    "noacl",
+    "metacopy",
+    "context",
+    "fscontext",
+    "defcontext",
+    "rootcontext",
+    "userxattr",
+    "xino",
+    "nfs_export",
+    "max_read",
+    "blksize",
+    "auto_unmount",
+];
+
+impl MountOptions {
+    /// Applies one `-o` string (comma separated, backslash escapes) on top of `self`.
+    pub fn apply(&mut self, opts: &[u8]) -> Result<(), OptionError> {
+        for item in split_escaped(opts, b',') {
+            if item.is_empty() {
+                continue;
+            }
+            let (name, value) = match item.iter().position(|&b| b == b'=') {
+                Some(i) => (&item[..i], Some(&item[i + 1..])),
+                None => (&item[..], None),
+            };
+            self.apply_one(name, value)?;
+        }
+        Ok(())
+    }
+
+    fn apply_one(&mut self, name: &[u8], value: Option<&[u8]>) -> Result<(), OptionError> {
+        let shown = String::from_utf8_lossy(name).into_owned();
+        let flag = |v: Option<&[u8]>| match v {
+            None => Ok(()),
+            Some(_) => Err(OptionError::UnexpectedValue(shown.clone())),
+        };
+        let missing = || OptionError::MissingValue(shown.clone());
+        match name {
+            b"lowerdir" => {
+                let v = value.ok_or_else(missing)?;
+                let layers: Vec<PathBuf> = split_escaped(v, b':')
+                    .into_iter()
+                    .map(|p| PathBuf::from(OsString::from_vec(unescape(&p))))
+                    .collect();
+                if layers.iter().any(|p| p.as_os_str().is_empty()) {
+                    return Err(bad(&shown, v, "empty layer path"));
+                }
+                self.lowers = layers;
+            }
+            b"upperdir" => self.upper = Some(path_value(&shown, value.ok_or_else(missing)?)?),
+            b"workdir" => self.work = Some(path_value(&shown, value.ok_or_else(missing)?)?),
+            b"fsname" => {
+                self.fsname = Some(OsString::from_vec(unescape(value.ok_or_else(missing)?)))
+            }
+            b"timeout" => {
+                let v = value.ok_or_else(missing)?;
+                let secs: f64 = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s < 1e9)
+                    .ok_or_else(|| bad(&shown, v, "expected seconds"))?;
+                self.timeout = Some(Duration::from_secs_f64(secs));
+            }
+            b"whiteout" => {
+                let v = value.ok_or_else(missing)?;
+                self.whiteout = match v {
+                    b"auto" => WhiteoutFormat::Auto,
+                    b"chardev" => WhiteoutFormat::CharDev,
+                    b"oci" => WhiteoutFormat::Oci,
+                    _ => return Err(bad(&shown, v, "expected auto, chardev or oci")),
+                };
+            }
+            // Kernel overlayfs semantics strata always has; accepted so scripts written for
+            // the kernel work. Asking to turn them off is refused rather than ignored.
+            b"redirect_dir" | b"index" => match value {
+                None | Some(b"on") | Some(b"follow") => {}
+                Some(v) => return Err(bad(&shown, v, "strata always works as 'on'")),
+            },
+            // fuse-overlayfs tuning knobs with no effect on semantics.
+            b"threaded" | b"fsync" => {
+                value.ok_or_else(missing)?;
+            }
+            b"allow_other" => {
+                flag(value)?;
+                self.allow_other = true;
+            }
+            b"allow_root" => {
+                flag(value)?;
+                self.allow_root = true;
+            }
+            // strata always lets the kernel check permissions against the merged attributes.
+            b"default_permissions" => flag(value)?,
+            b"ro" => {
+                flag(value)?;
+                self.read_only = true;
+            }
+            b"rw" => {
+                flag(value)?;
+                self.read_only = false;
+            }
+            b"dev" | b"nodev" => {
+                flag(value)?;
+                self.dev = name == b"dev";
+            }
+            b"suid" | b"nosuid" => {
+                flag(value)?;
+                self.suid = name == b"suid";
+            }
+            b"exec" | b"noexec" => {
+                flag(value)?;
+                self.noexec = name == b"noexec";
+            }
+            b"noatime" => {
+                flag(value)?;
+                self.noatime = true;
+            }
+            // Kernel defaults, or VFS flags FUSE handles itself: nothing to do.
+            b"atime" | b"relatime" | b"strictatime" | b"nodiratime" | b"async" | b"sync"
+            | b"dirsync" | b"_netdev" | b"nofail" | b"auto" | b"noauto" | b"user" | b"nouser"
+            | b"users" | b"defaults" | b"nonempty" => flag(value)?,
+            _ if NOT_YET.iter().any(|n| n.as_bytes() == name) => {
+                return Err(OptionError::Unsupported(shown));
+            }
+            _ => return Err(OptionError::Unknown(shown)),
+        }
+        Ok(())
+    }
+}
+
+fn bad(name: &str, value: &[u8], why: &'static str) -> OptionError {
+    OptionError::BadValue {
+        name: name.to_owned(),
+        value: String::from_utf8_lossy(value).into_owned(),
+        why,
+    }
+}
+
+fn path_value(name: &str, v: &[u8]) -> Result<PathBuf, OptionError> {
+    if v.is_empty() {
+        return Err(bad(name, v, "empty path"));
+    }
+    Ok(PathBuf::from(OsStr::from_bytes(&unescape(v))))
+}
+
+/// Splits on `sep` not preceded by a backslash; escapes are kept for `unescape`.
+fn split_escaped(s: &[u8], sep: u8) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut it = s.iter();
+    while let Some(&b) = it.next() {
+        if b == b'\\' {
+            cur.push(b);
+            if let Some(&n) = it.next() {
+                cur.push(n);
+            }
+        } else if b == sep {
+            out.push(std::mem::take(&mut cur));
+        } else {
+            cur.push(b);
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Removes one level of backslash escaping.
+fn unescape(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut it = s.iter();
+    while let Some(&b) = it.next() {
+        if b == b'\\' {
+            if let Some(&n) = it.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &[u8]) -> Result<MountOptions, OptionError> {
+        let mut o = MountOptions::default();
+        o.apply(s).map(|_| o)
+    }
+
+    #[test]
+    fn lowerdir_order_and_escapes() {
+        let o = parse(b"lowerdir=/a\\:b:/c\\,d,upperdir=/u,workdir=/w").unwrap();
+        assert_eq!(o.lowers, vec![PathBuf::from("/a:b"), PathBuf::from("/c,d")]);
+        assert_eq!(o.upper, Some(PathBuf::from("/u")));
+        assert_eq!(o.work, Some(PathBuf::from("/w")));
+    }
+
+    #[test]
+    fn non_utf8_paths_survive() {
+        let o = parse(b"lowerdir=/l\xff\xfe").unwrap();
+        assert_eq!(o.lowers[0].as_os_str().as_bytes(), b"/l\xff\xfe");
+    }
+
+    #[test]
+    fn unknown_and_unsupported_are_errors() {
+        assert_eq!(
+            parse(b"lowerdir=/a,bogus=1"),
+            Err(OptionError::Unknown("bogus".into()))
+        );
+        assert_eq!(
+            parse(b"squash_to_root"),
+            Err(OptionError::Unsupported("squash_to_root".into()))
+        );
+        assert!(matches!(
+            parse(b"lowerdir"),
+            Err(OptionError::MissingValue(_))
+        ));
+        assert!(matches!(
+            parse(b"lowerdir=/a::/b"),
+            Err(OptionError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse(b"ro=1"),
+            Err(OptionError::UnexpectedValue(_))
+        ));
+        assert!(matches!(
+            parse(b"redirect_dir=off"),
+            Err(OptionError::BadValue { .. })
+        ));
+    }
+
+    #[test]
+    fn fuse_flags() {
+        let o = parse(b"rw,nosuid,nodev,relatime,allow_other,default_permissions,ro").unwrap();
+        assert!(o.allow_other && o.read_only && !o.dev && !o.suid);
+        let o = parse(b"timeout=2.5,dev,suid").unwrap();
+        assert_eq!(o.timeout, Some(Duration::from_millis(2500)));
+        assert!(o.dev && o.suid);
+    }
+}

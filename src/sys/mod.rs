@@ -1,0 +1,15 @@
+//! Every system call strata makes, wrapped once: `OwnedFd`/`BorrowedFd` in, `io::Result` out.
+//!
+//! Paths inside layers are always a single name relative to a held directory fd, opened with
+//! `O_NOFOLLOW`/`AT_SYMLINK_NOFOLLOW`, so a symlink stored in a layer is never followed by us.
+//! This is the only module allowed to contain `unsafe`.
+
+mod dir;
+mod fs;
+mod process;
+mod xattr;
+
+pub use dir::{DirEntry, read_dir};
+pub use fs::*;
+pub use process::*;
+pub use xattr::*;

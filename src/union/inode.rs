@@ -1,0 +1,179 @@
+//! The inode table: FUSE node ids, lookup counts and stable `st_ino`.
+//!
+//! Node ids come from a counter and are never reused. `st_ino` is derived from the real inode
+//! of the topmost copy (like kernel overlayfs with all layers on one filesystem), so it is the
+//! same after remount and equals what readdir reports; layers on other filesystems get their
+//! device index in the high bits (the kernel's "xino" idea) so numbers cannot collide.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+use super::layer::DirCopy;
+
+/// FUSE's id for the root directory.
+pub const ROOT_ID: u64 = 1;
+
+/// Where a node's content lives.
+pub enum Place {
+    /// A directory: its copies, topmost first, down to the first opaque one.
+    Dir(Vec<DirCopy>),
+    /// Any other file: the layer and directory holding it (no fd per file is kept open).
+    Leaf { layer: usize, dir: Arc<OwnedFd> },
+}
+
+pub struct NodeState {
+    /// Parent directory (None for the root); keeps the parent's fds alive while we live.
+    pub parent: Option<Arc<Node>>,
+    /// Name in the parent (for a lower hard-link group: the first name we met).
+    pub name: OsString,
+    pub place: Place,
+}
+
+pub struct Node {
+    /// FUSE node id: equal to `ino`, except for the root (always 1).
+    pub id: u64,
+    /// Stable `st_ino` reported to users.
+    pub ino: u64,
+    pub generation: u64,
+    pub is_dir: bool,
+    /// How many lookups the kernel holds on us (FUSE forget protocol).
+    lookups: AtomicU64,
+    /// Per-node lock: requests on different nodes never contend.
+    pub state: RwLock<NodeState>,
+}
+
+impl Node {
+    pub fn state(&self) -> std::sync::RwLockReadGuard<'_, NodeState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Maps (st_dev, st_ino) of real files to stable union inode numbers.
+#[derive(Default)]
+pub struct InoMap {
+    devs: RwLock<Vec<u64>>,
+}
+
+impl InoMap {
+    pub fn map(&self, dev: u64, ino: u64) -> u64 {
+        let idx = {
+            let devs = self.devs.read().unwrap_or_else(|p| p.into_inner());
+            devs.iter().position(|&d| d == dev)
+        };
+        let idx = idx.unwrap_or_else(|| {
+            let mut devs = self.devs.write().unwrap_or_else(|p| p.into_inner());
+            match devs.iter().position(|&d| d == dev) {
+                Some(i) => i,
+                None => {
+                    devs.push(dev);
+                    devs.len() - 1
+                }
+            }
+        });
+        let mapped = if idx == 0 {
+            ino
+        } else {
+            ino ^ ((idx as u64) << 56)
+        };
+        // 0 is not a valid node id and 1 is the root's: move such files out of the way.
+        if mapped <= ROOT_ID {
+            mapped | (0xff << 56)
+        } else {
+            mapped
+        }
+    }
+}
+
+/// Node ids are the stable inode numbers themselves: fuser reports a node's id as its
+/// `st_ino`, and keying by inode makes every name of one file (hard links) one node.
+pub struct NodeTable {
+    nodes: DashMap<u64, Arc<Node>>,
+    /// Bumped for every node created, so an id reused for another file after the kernel
+    /// forgot the first one is never confused with it (FUSE generation numbers).
+    generation: AtomicU64,
+}
+
+impl NodeTable {
+    pub fn new() -> Self {
+        NodeTable {
+            nodes: DashMap::new(),
+            generation: AtomicU64::new(1),
+        }
+    }
+
+    /// The root is node 1 whatever its real inode number (FUSE fixes it); it reports `ino`.
+    pub fn insert_root(&self, ino: u64, state: NodeState) -> Arc<Node> {
+        let node = Arc::new(Node {
+            id: ROOT_ID,
+            ino,
+            generation: 0,
+            is_dir: true,
+            // The root is never forgotten.
+            lookups: AtomicU64::new(1 << 62),
+            state: RwLock::new(state),
+        });
+        self.nodes.insert(ROOT_ID, node.clone());
+        node
+    }
+
+    pub fn get(&self, id: u64) -> io::Result<Arc<Node>> {
+        self.nodes
+            .get(&id)
+            .map(|n| n.clone())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))
+    }
+
+    /// Returns the node for `ino`, creating it with `make` if new, and counts one lookup.
+    /// The shard lock is held across, so a concurrent forget cannot drop the node between our
+    /// finding it and counting the lookup.
+    pub fn intern(&self, ino: u64, is_dir: bool, make: impl FnOnce() -> NodeState) -> Arc<Node> {
+        match self.nodes.entry(ino) {
+            Entry::Occupied(e) => {
+                let node = e.get();
+                node.lookups.fetch_add(1, Ordering::Relaxed);
+                node.clone()
+            }
+            Entry::Vacant(e) => {
+                let node = Arc::new(Node {
+                    id: ino,
+                    ino,
+                    generation: self.generation.fetch_add(1, Ordering::Relaxed),
+                    is_dir,
+                    lookups: AtomicU64::new(1),
+                    state: RwLock::new(make()),
+                });
+                e.insert(node.clone());
+                node
+            }
+        }
+    }
+
+    /// Drops `n` lookups; the node leaves the table when none remain.
+    pub fn forget(&self, id: u64, n: u64) {
+        if id == ROOT_ID {
+            return;
+        }
+        if let Entry::Occupied(e) = self.nodes.entry(id) {
+            let prev = e
+                .get()
+                .lookups
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                    Some(c.saturating_sub(n))
+                })
+                .unwrap_or(0);
+            if prev <= n {
+                e.remove();
+            }
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.nodes.len()
+    }
+}

@@ -1,0 +1,326 @@
+//! The union filesystem, independent of FUSE so it can be driven and tested directly.
+//!
+//! A request goes: `fuse.rs` decodes it -> a method here finds the node in the inode table
+//! (per-node lock, no global one) -> `lookup`/`readdir` walk the layer copies through `sys`.
+
+mod inode;
+mod layer;
+mod lookup;
+mod readdir;
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+
+pub use inode::{Node, ROOT_ID};
+pub use layer::is_internal_xattr;
+pub use readdir::Entry;
+pub use rustix::fs::FileType;
+
+use inode::{InoMap, NodeState, NodeTable, Place};
+use layer::{DirCopy, Layer};
+
+use crate::sys::{self, Stat, StatVfs};
+
+fn err(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+/// The layer stack as opened by the caller: fds of the layer roots, top first.
+pub struct Stack {
+    pub upper: Option<OwnedFd>,
+    pub lowers: Vec<OwnedFd>,
+}
+
+/// A listing snapshot for one open directory.
+struct DirHandle {
+    node: Arc<Node>,
+    /// Built on the first read from offset 0, rebuilt when a reader rewinds to 0.
+    entries: Option<Arc<Vec<Entry>>>,
+}
+
+pub struct Union {
+    layers: Vec<Layer>,
+    nodes: NodeTable,
+    inos: InoMap,
+    files: DashMap<u64, Arc<File>>,
+    dirs: DashMap<u64, Arc<Mutex<DirHandle>>>,
+    next_fh: AtomicU64,
+}
+
+impl Union {
+    pub fn new(stack: Stack) -> io::Result<Self> {
+        let mut layers = Vec::new();
+        if let Some(u) = stack.upper {
+            layers.push(Layer {
+                root: Arc::new(u),
+                upper: true,
+            });
+        }
+        for l in stack.lowers {
+            layers.push(Layer {
+                root: Arc::new(l),
+                upper: false,
+            });
+        }
+        if layers.is_empty() {
+            return Err(err(libc::EINVAL));
+        }
+        let u = Union {
+            layers,
+            nodes: NodeTable::new(),
+            inos: InoMap::default(),
+            files: DashMap::new(),
+            dirs: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+        };
+        // The root merges every layer; opacity of a layer root is ignored, as in the kernel.
+        let mut copies = Vec::new();
+        let mut top = None;
+        for (i, l) in u.layers.iter().enumerate() {
+            let st = sys::stat_fd(l.root.as_fd())?;
+            top.get_or_insert(st);
+            copies.push(DirCopy::new(i, l.root.clone(), &st, l.upper));
+        }
+        let top = top.ok_or_else(|| err(libc::EINVAL))?;
+        // The first device seen gets index 0 (unchanged inode numbers).
+        let ino = u.inos.map(top.st_dev, top.st_ino);
+        u.nodes.insert_root(
+            ino,
+            NodeState {
+                parent: None,
+                name: OsString::new(),
+                place: Place::Dir(copies),
+            },
+        );
+        Ok(u)
+    }
+
+    pub fn has_upper(&self) -> bool {
+        self.layers.first().is_some_and(|l| l.upper)
+    }
+
+    /// Number of nodes the kernel currently holds (for memory accounting and tests).
+    pub fn node_count(&self) -> usize {
+        self.nodes.count()
+    }
+
+    fn node(&self, id: u64) -> io::Result<Arc<Node>> {
+        self.nodes.get(id)
+    }
+
+    /// Looks up `name` in directory `parent`; counts one kernel lookup on the result.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<(Arc<Node>, Stat)> {
+        let pnode = self.node(parent)?;
+        let (place, st) = {
+            let ps = pnode.state();
+            let Place::Dir(copies) = &ps.place else {
+                return Err(err(libc::ENOTDIR));
+            };
+            lookup::resolve(&self.layers, copies, name)?
+        };
+        let ino = self.inos.map(st.st_dev, st.st_ino);
+        let is_dir = matches!(place, Place::Dir(_));
+        let node = self.nodes.intern(ino, is_dir, || NodeState {
+            parent: Some(pnode.clone()),
+            name: name.to_owned(),
+            place,
+        });
+        let st = self.fix_stat(&node, st);
+        Ok((node, st))
+    }
+
+    pub fn forget(&self, id: u64, n: u64) {
+        self.nodes.forget(id, n);
+    }
+
+    /// Presents a real stat as the union's: stable inode number, and nlink 1 for merged
+    /// directories (their real link count cannot be known, the kernel does the same).
+    fn fix_stat(&self, node: &Node, mut st: Stat) -> Stat {
+        st.st_ino = node.ino;
+        if let Place::Dir(copies) = &node.state().place
+            && copies.len() > 1
+        {
+            st.st_nlink = 1;
+        }
+        st
+    }
+
+    pub fn getattr(&self, id: u64) -> io::Result<Stat> {
+        let node = self.node(id)?;
+        let st = {
+            let s = node.state();
+            match &s.place {
+                Place::Dir(copies) => sys::stat_fd(copies[0].fd.as_fd())?,
+                Place::Leaf { dir, .. } => sys::stat_at(dir.as_fd(), &s.name)?,
+            }
+        };
+        Ok(self.fix_stat(&node, st))
+    }
+
+    pub fn readlink(&self, id: u64) -> io::Result<Vec<u8>> {
+        let node = self.node(id)?;
+        let s = node.state();
+        match &s.place {
+            Place::Leaf { dir, .. } => sys::readlink_at(dir.as_fd(), &s.name),
+            Place::Dir(_) => Err(err(libc::EINVAL)),
+        }
+    }
+
+    /// Opens a file for reading. Returns the handle and the file (for FUSE passthrough).
+    pub fn open(&self, id: u64, flags: i32) -> io::Result<(u64, Arc<File>)> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return Err(err(libc::EROFS));
+        }
+        let node = self.node(id)?;
+        let file = {
+            let s = node.state();
+            match &s.place {
+                Place::Leaf { dir, .. } => sys::open_file_at(dir.as_fd(), &s.name, flags)?,
+                Place::Dir(_) => return Err(err(libc::EISDIR)),
+            }
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let file = Arc::new(file);
+        self.files.insert(fh, file.clone());
+        Ok((fh, file))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        let file = self
+            .files
+            .get(&fh)
+            .map(|f| f.clone())
+            .ok_or_else(|| err(libc::EBADF))?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        // Short reads only at EOF: the kernel would fill the rest with zeroes otherwise.
+        while done < buf.len() {
+            match sys::pread(&file, &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.remove(&fh);
+    }
+
+    pub fn opendir(&self, id: u64) -> io::Result<u64> {
+        let node = self.node(id)?;
+        if !node.is_dir {
+            return Err(err(libc::ENOTDIR));
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let h = DirHandle {
+            node,
+            entries: None,
+        };
+        self.dirs.insert(fh, Arc::new(Mutex::new(h)));
+        Ok(fh)
+    }
+
+    /// Feeds entries from `offset` to `add(ino, next_offset, kind, name)` until it returns
+    /// true (buffer full). Offsets: 1 is after ".", 2 after "..", n+2 after entry n.
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, FileType, &[u8]) -> bool,
+    ) -> io::Result<()> {
+        let h = self
+            .dirs
+            .get(&fh)
+            .map(|h| h.clone())
+            .ok_or_else(|| err(libc::EBADF))?;
+        let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+        if offset == 0 || h.entries.is_none() {
+            let list = {
+                let s = h.node.state();
+                let Place::Dir(copies) = &s.place else {
+                    return Err(err(libc::ENOTDIR));
+                };
+                readdir::merge(&self.inos, copies)?
+            };
+            h.entries = Some(Arc::new(list));
+        }
+        let node = h.node.clone();
+        let entries = h.entries.clone().unwrap_or_default();
+        drop(h);
+        let parent_ino = node.state().parent.as_ref().map_or(node.ino, |p| p.ino);
+        let dots: [(u64, &[u8]); 2] = [(node.ino, b"."), (parent_ino, b"..")];
+        let mut off = offset;
+        loop {
+            let (ino, kind, name): (u64, FileType, &[u8]) = match off {
+                0 | 1 => (
+                    dots[off as usize].0,
+                    FileType::Directory,
+                    dots[off as usize].1,
+                ),
+                n => match entries.get((n - 2) as usize) {
+                    Some(e) => (e.ino, e.kind, &e.name),
+                    None => return Ok(()),
+                },
+            };
+            if add(ino, off + 1, kind, name) {
+                return Ok(());
+            }
+            off += 1;
+        }
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.remove(&fh);
+    }
+
+    /// Space of the upper layer (where writes go), else of the top lower layer.
+    pub fn statfs(&self) -> io::Result<StatVfs> {
+        sys::statvfs(self.layers[0].root.as_fd())
+    }
+
+    /// Where a node's xattrs are read: (directory fd, name in it; empty for the fd itself).
+    fn xattr_target<R>(
+        &self,
+        id: u64,
+        f: impl FnOnce(std::os::fd::BorrowedFd<'_>, &OsStr) -> io::Result<R>,
+    ) -> io::Result<R> {
+        let node = self.node(id)?;
+        let s = node.state();
+        match &s.place {
+            Place::Dir(copies) => f(copies[0].fd.as_fd(), OsStr::new("")),
+            Place::Leaf { dir, .. } => f(dir.as_fd(), &s.name),
+        }
+    }
+
+    /// Reads xattr `key` into `buf` (size query when `buf` is empty). Internal overlay xattrs
+    /// do not exist as far as users can tell.
+    pub fn getxattr(&self, id: u64, key: &[u8], buf: &mut [u8]) -> io::Result<usize> {
+        if is_internal_xattr(key) {
+            return Err(err(libc::ENODATA));
+        }
+        self.xattr_target(id, |dir, name| sys::get_xattr(dir, name, key, buf))
+    }
+
+    /// All user-visible xattr names, NUL-separated.
+    pub fn listxattr(&self, id: u64) -> io::Result<Vec<u8>> {
+        let all = self.xattr_target(id, sys::list_xattr_all)?;
+        let mut out = Vec::with_capacity(all.len());
+        for name in all.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if !is_internal_xattr(name) {
+                out.extend_from_slice(name);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+}
