@@ -324,3 +324,6 @@ impl Union {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests;
