@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 use crate::sys::Stat;
@@ -45,6 +45,28 @@ fn kind_of(k: union::FileType) -> FileType {
         T::CharacterDevice => FileType::CharDevice,
         T::BlockDevice => FileType::BlockDevice,
         _ => FileType::RegularFile,
+    }
+}
+
+/// The attributes of a negative entry: node id 0 tells the kernel "no such name, and you may
+/// remember that for the entry TTL".
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
     }
 }
 
@@ -126,6 +148,9 @@ impl Filesystem for StrataFs {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_MAX_PAGES,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            // The kernel uses readdirplus only where stat follows listing (ls -l, find).
+            InitFlags::FUSE_READDIRPLUS_AUTO,
         ] {
             let _ = config.add_capabilities(cap);
         }
@@ -142,6 +167,11 @@ impl Filesystem for StrataFs {
             Ok((node, st)) => {
                 // fuser takes the node id from `attr.ino`; they are equal by construction.
                 reply.entry(&self.ttl, &attr(&st), Generation(node.generation));
+            }
+            // A negative entry the kernel may cache for the TTL (node id 0): every change
+            // to the union goes through this mount, so the kernel sees creations itself.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                reply.entry(&self.ttl, &negative_attr(), Generation(0));
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -241,6 +271,33 @@ impl Filesystem for StrataFs {
         let r = self.union.readdir(fh.0, offset, |ino, next, kind, name| {
             reply.add(INodeNo(ino), next, kind_of(kind), OsStr::from_bytes(name))
         });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let r = self
+            .union
+            .readdirplus(fh.0, offset, |next, name, node, st| {
+                let a = attr(st);
+                reply.add(
+                    INodeNo(node.id),
+                    next,
+                    OsStr::from_bytes(name),
+                    &self.ttl,
+                    &a,
+                    Generation(node.generation),
+                )
+            });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),

@@ -12,6 +12,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -230,43 +231,47 @@ impl Union {
         Ok(fh)
     }
 
-    /// Feeds entries from `offset` to `add(ino, next_offset, kind, name)` until it returns
-    /// true (buffer full). Offsets: 1 is after ".", 2 after "..", n+2 after entry n.
-    pub fn readdir(
-        &self,
-        fh: u64,
-        offset: u64,
-        mut add: impl FnMut(u64, u64, FileType, &[u8]) -> bool,
-    ) -> io::Result<()> {
+    /// The listing snapshot of an open directory, built on the first read and rebuilt when a
+    /// reader rewinds to offset 0.
+    fn snapshot(&self, fh: u64, offset: u64) -> io::Result<(Arc<Node>, Arc<Vec<Entry>>)> {
         let h = self
             .dirs
             .get(&fh)
             .map(|h| h.clone())
             .ok_or_else(|| err(libc::EBADF))?;
         let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
-        if offset == 0 || h.entries.is_none() {
-            let list = {
-                let s = h.node.state();
-                let Place::Dir(copies) = &s.place else {
-                    return Err(err(libc::ENOTDIR));
+        let entries = match &h.entries {
+            Some(e) if offset != 0 => e.clone(),
+            _ => {
+                let list = {
+                    let s = h.node.state();
+                    let Place::Dir(copies) = &s.place else {
+                        return Err(err(libc::ENOTDIR));
+                    };
+                    Arc::new(readdir::merge(&self.inos, copies)?)
                 };
-                readdir::merge(&self.inos, copies)?
-            };
-            h.entries = Some(Arc::new(list));
-        }
-        let node = h.node.clone();
-        let entries = h.entries.clone().unwrap_or_default();
-        drop(h);
+                h.entries = Some(list.clone());
+                list
+            }
+        };
+        Ok((h.node.clone(), entries))
+    }
+
+    /// Feeds entries from `offset` to `add(ino, next_offset, kind, name)` until it returns
+    /// true (buffer full). Offsets: 1 is after ".", 2 after "..", n+3 after entry n.
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, FileType, &[u8]) -> bool,
+    ) -> io::Result<()> {
+        let (node, entries) = self.snapshot(fh, offset)?;
         let parent_ino = node.state().parent.as_ref().map_or(node.ino, |p| p.ino);
-        let dots: [(u64, &[u8]); 2] = [(node.ino, b"."), (parent_ino, b"..")];
         let mut off = offset;
         loop {
             let (ino, kind, name): (u64, FileType, &[u8]) = match off {
-                0 | 1 => (
-                    dots[off as usize].0,
-                    FileType::Directory,
-                    dots[off as usize].1,
-                ),
+                0 => (node.ino, FileType::Directory, b"."),
+                1 => (parent_ino, FileType::Directory, b".."),
                 n => match entries.get((n - 2) as usize) {
                     Some(e) => (e.ino, e.kind, &e.name),
                     None => return Ok(()),
@@ -277,6 +282,42 @@ impl Union {
             }
             off += 1;
         }
+    }
+
+    /// readdir with attributes: each entry is looked up (so the kernel needs no LOOKUP of its
+    /// own) and `add(next_offset, name, node, stat)` counts as one kernel lookup unless it
+    /// returns true (buffer full: that entry was not sent, so its lookup is dropped again).
+    /// The kernel never links "." and "..", so they count no lookup.
+    pub fn readdirplus(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, &[u8], &Node, &Stat) -> bool,
+    ) -> io::Result<()> {
+        let (dir, entries) = self.snapshot(fh, offset)?;
+        let parent = dir.state().parent.clone().unwrap_or_else(|| dir.clone());
+        for (off, name, node) in [(0, b".".as_slice(), &dir), (1, b"..".as_slice(), &parent)] {
+            if offset <= off && add(off + 1, name, node, &self.getattr(node.id)?) {
+                return Ok(());
+            }
+        }
+        for (i, e) in entries
+            .iter()
+            .enumerate()
+            .skip(offset.saturating_sub(2) as usize)
+        {
+            let next = i as u64 + 3;
+            // An entry that vanished since the snapshot is skipped, as a concurrent unlink
+            // would make it.
+            let Ok((node, st)) = self.lookup(dir.id, OsStr::from_bytes(&e.name)) else {
+                continue;
+            };
+            if add(next, &e.name, &node, &st) {
+                self.forget(node.id, 1);
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     pub fn releasedir(&self, fh: u64) {
