@@ -7,9 +7,11 @@
 mod dir;
 mod fs;
 mod process;
+mod write;
 mod xattr;
 
 pub use dir::{DirEntry, read_dir};
 pub use fs::*;
 pub use process::*;
+pub use write::*;
 pub use xattr::*;

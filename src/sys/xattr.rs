@@ -185,3 +185,85 @@ pub fn list_xattr_all(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> 
         }
     }
 }
+
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_REMOVEXATTRAT: libc::c_long = 466;
+
+/// Sets xattr `key` of `name` in `dir` (or of the directory `dir` when `name` is empty).
+/// `flags` are XATTR_CREATE / XATTR_REPLACE as given by the caller.
+pub fn set_xattr(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    key: &[u8],
+    value: &[u8],
+    flags: i32,
+) -> io::Result<()> {
+    let key = cstr(key)?;
+    if !NO_XATTRAT.load(Ordering::Relaxed) {
+        let path = at_name(name)?;
+        let args = XattrArgs {
+            value: value.as_ptr() as u64,
+            size: value.len() as u32,
+            flags: flags as u32,
+        };
+        // SAFETY: `path` and `key` are NUL-terminated CStrings alive for the call; `args.value`
+        // points to `value`, valid for reads of `args.size` bytes; the size passed matches.
+        let r = unsafe {
+            libc::syscall(
+                SYS_SETXATTRAT,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                AT_FLAGS,
+                key.as_ptr(),
+                &args as *const XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        };
+        match ret(r) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                NO_XATTRAT.store(true, Ordering::Relaxed)
+            }
+            other => return other.map(|_| ()),
+        }
+    }
+    let path = cstr(&proc_path(dir, name))?;
+    // SAFETY: `path` and `key` are NUL-terminated and alive; `value` is valid for its length.
+    let r = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            key.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    ret(r as libc::c_long).map(|_| ())
+}
+
+/// Removes xattr `key` of `name` in `dir` (or of the directory `dir` when `name` is empty).
+pub fn remove_xattr(dir: BorrowedFd<'_>, name: &OsStr, key: &[u8]) -> io::Result<()> {
+    let key = cstr(key)?;
+    if !NO_XATTRAT.load(Ordering::Relaxed) {
+        let path = at_name(name)?;
+        // SAFETY: `path` and `key` are NUL-terminated CStrings alive for the call.
+        let r = unsafe {
+            libc::syscall(
+                SYS_REMOVEXATTRAT,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                AT_FLAGS,
+                key.as_ptr(),
+            )
+        };
+        match ret(r) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                NO_XATTRAT.store(true, Ordering::Relaxed)
+            }
+            other => return other.map(|_| ()),
+        }
+    }
+    let path = cstr(&proc_path(dir, name))?;
+    // SAFETY: `path` and `key` are NUL-terminated and alive.
+    let r = unsafe { libc::lremovexattr(path.as_ptr(), key.as_ptr()) };
+    ret(r as libc::c_long).map(|_| ())
+}
