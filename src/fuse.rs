@@ -16,7 +16,7 @@ use fuser::{
 };
 
 use crate::sys::Stat;
-use crate::union::{self, Union};
+use crate::union::{self, Caller, RenameMode, SetAttr, SetTime, Union};
 
 /// The one place an `io::Error` becomes a FUSE error code.
 fn errno(e: io::Error) -> Errno {
@@ -117,27 +117,24 @@ impl StrataFs {
         }
     }
 
+    /// The backing id for a passthrough open of `ino`, shared with its other open handles.
     fn open_passthrough(
         &self,
         ino: u64,
         fh: u64,
         file: &std::fs::File,
-        reply: &ReplyOpen,
+        open_backing: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
         let _g = self.backing_lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(id) = self.backing.get(&ino).and_then(|w| w.upgrade()) {
             self.handle_backing.insert(fh, id.clone());
             return Some(id);
         }
-        let id = Arc::new(reply.open_backing(file).ok()?);
+        let id = Arc::new(open_backing(file).ok()?);
         self.backing.insert(ino, Arc::downgrade(&id));
         self.handle_backing.insert(fh, id.clone());
         Some(id)
     }
-}
-
-fn erofs() -> Errno {
-    Errno::EROFS
 }
 
 impl Filesystem for StrataFs {
@@ -181,8 +178,12 @@ impl Filesystem for StrataFs {
         self.union.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.union.getattr(ino.0) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let r = match fh {
+            Some(fh) => self.union.getattr_fh(ino.0, fh.0),
+            None => self.union.getattr(ino.0),
+        };
+        match r {
             Ok(st) => reply.attr(&self.ttl, &attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
@@ -201,7 +202,7 @@ impl Filesystem for StrataFs {
             Err(e) => return reply.error(errno(e)),
         };
         if self.passthrough
-            && let Some(id) = self.open_passthrough(ino.0, fh, &file, &reply)
+            && let Some(id) = self.open_passthrough(ino.0, fh, &file, |f| reply.open_backing(f))
         {
             // The kernel refuses any other open flag with passthrough (EIO).
             return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
@@ -355,109 +356,271 @@ impl Filesystem for StrataFs {
         }
     }
 
-    // Writes: the copy-on-write path is not implemented yet, so the union is read-only.
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<fuser::TimeOrNow>,
-        _mtime: Option<fuser::TimeOrNow>,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<fuser::TimeOrNow>,
+        mtime: Option<fuser::TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(erofs());
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+            fh: fh.map(|f| f.0),
+        };
+        match self.union.setattr(ino.0, &a) {
+            Ok(st) => reply.attr(&self.ttl, &attr(&st)),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn mknod(
         &self,
-        _r: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _d: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(erofs());
+        let r = self
+            .union
+            .mknod(parent.0, name, mode, rdev as u64, caller(req));
+        self.entry(r, reply);
     }
 
-    fn mkdir(&self, _r: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
-        reply.error(erofs());
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.entry(self.union.mkdir(parent.0, name, mode, caller(req)), reply);
     }
 
-    fn unlink(&self, _r: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(erofs());
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(self.union.unlink(parent.0, name), reply);
     }
 
-    fn rmdir(&self, _r: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(erofs());
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(self.union.rmdir(parent.0, name), reply);
     }
 
-    fn symlink(&self, _r: &Request, _p: INodeNo, _n: &OsStr, _t: &Path, reply: ReplyEntry) {
-        reply.error(erofs());
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .union
+            .symlink(parent.0, name, target.as_os_str(), caller(req));
+        self.entry(r, reply);
     }
 
     fn rename(
         &self,
-        _r: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _np: INodeNo,
-        _nn: &OsStr,
-        _f: fuser::RenameFlags,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(erofs());
+        use fuser::RenameFlags as F;
+        // As kernel overlayfs: NOREPLACE and EXCHANGE, nothing else.
+        let mode = if flags.is_empty() {
+            RenameMode::Replace
+        } else if flags == F::RENAME_NOREPLACE {
+            RenameMode::NoReplace
+        } else if flags == F::RENAME_EXCHANGE {
+            RenameMode::Exchange
+        } else {
+            return reply.error(Errno::EINVAL);
+        };
+        empty(
+            self.union
+                .rename(parent.0, name, newparent.0, newname, mode),
+            reply,
+        );
     }
 
-    fn link(&self, _r: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
-        reply.error(erofs());
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.entry(self.union.link(ino.0, newparent.0, newname), reply);
     }
 
     fn create(
         &self,
-        _r: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _f: i32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
         reply: fuser::ReplyCreate,
     ) {
-        reply.error(erofs());
+        let (node, st, fh, file) = match self.union.create(parent.0, name, mode, flags, caller(req))
+        {
+            Ok(v) => v,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let generation = Generation(node.generation);
+        if self.passthrough
+            && let Some(id) = self.open_passthrough(node.id, fh, &file, |f| reply.open_backing(f))
+        {
+            return reply.created_passthrough(
+                &self.ttl,
+                &attr(&st),
+                generation,
+                FileHandle(fh),
+                FopenFlags::empty(),
+                &id,
+            );
+        }
+        reply.created(
+            &self.ttl,
+            &attr(&st),
+            generation,
+            FileHandle(fh),
+            FopenFlags::empty(),
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: fuser::ReplyWrite,
+    ) {
+        match self.union.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        empty(self.union.fallocate(fh.0, mode, offset, length), reply);
     }
 
     fn setxattr(
         &self,
-        _r: &Request,
-        _i: INodeNo,
-        _n: &OsStr,
-        _v: &[u8],
-        _f: i32,
-        _p: u32,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(erofs());
+        empty(
+            self.union.setxattr(ino.0, name.as_bytes(), value, flags),
+            reply,
+        );
     }
 
-    fn removexattr(&self, _r: &Request, _i: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(erofs());
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(self.union.removexattr(ino.0, name.as_bytes()), reply);
     }
 
-    fn fsyncdir(&self, _r: &Request, _i: INodeNo, _fh: FileHandle, _d: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
-    fn fsync(&self, _r: &Request, _i: INodeNo, _fh: FileHandle, _d: bool, reply: ReplyEmpty) {
-        reply.ok();
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(self.union.fsync(fh.0, datasync), reply);
+    }
+}
+
+impl StrataFs {
+    fn entry(&self, r: io::Result<(Arc<union::Node>, Stat)>, reply: ReplyEntry) {
+        match r {
+            Ok((node, st)) => reply.entry(&self.ttl, &attr(&st), Generation(node.generation)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+fn empty(r: io::Result<()>, reply: ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn set_time(t: fuser::TimeOrNow) -> SetTime {
+    match t {
+        fuser::TimeOrNow::Now => SetTime::Now,
+        fuser::TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                SetTime::At(-(d.as_secs() as i64), d.subsec_nanos() as i64)
+            }
+        },
     }
 }

@@ -180,11 +180,15 @@ fn open_stack(c: &Checked) -> Result<Stack, MountError> {
     for l in &c.lowers {
         lowers.push(open("lower layer", l)?);
     }
-    let upper = match &c.upper {
-        Some((u, _)) => Some(open("upperdir", u)?),
-        None => None,
+    let (upper, work) = match &c.upper {
+        Some((u, w)) => (Some(open("upperdir", u)?), Some(open("workdir", w)?)),
+        None => (None, None),
     };
-    Ok(Stack { upper, lowers })
+    Ok(Stack {
+        upper,
+        work,
+        lowers,
+    })
 }
 
 fn fuse_config(req: &MountRequest, has_upper: bool) -> Config {
@@ -272,7 +276,7 @@ fn serve(
     stack: Stack,
     report: &mut Option<std::fs::File>,
 ) -> Result<(), MountError> {
-    let union = Union::new(stack).map_err(|cause| MountError::Path {
+    let union = Union::new(stack, req.options.whiteout).map_err(|cause| MountError::Path {
         role: "layer stack",
         path: c.lowers[0].clone(),
         cause,

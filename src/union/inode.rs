@@ -42,6 +42,8 @@ pub struct Node {
     pub ino: u64,
     pub generation: u64,
     pub is_dir: bool,
+    /// Set once the last name is gone: open handles keep working, stat shows nlink 0.
+    pub unlinked: std::sync::atomic::AtomicBool,
     /// How many lookups the kernel holds on us (FUSE forget protocol).
     lookups: AtomicU64,
     /// Per-node lock: requests on different nodes never contend.
@@ -51,6 +53,10 @@ pub struct Node {
 impl Node {
     pub fn state(&self) -> std::sync::RwLockReadGuard<'_, NodeState> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn state_mut(&self) -> std::sync::RwLockWriteGuard<'_, NodeState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -115,6 +121,7 @@ impl NodeTable {
             generation: 0,
             is_dir: true,
             // The root is never forgotten.
+            unlinked: Default::default(),
             lookups: AtomicU64::new(1 << 62),
             state: RwLock::new(state),
         });
@@ -145,6 +152,7 @@ impl NodeTable {
                     ino,
                     generation: self.generation.fetch_add(1, Ordering::Relaxed),
                     is_dir,
+                    unlinked: Default::default(),
                     lookups: AtomicU64::new(1),
                     state: RwLock::new(make()),
                 });

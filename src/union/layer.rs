@@ -111,6 +111,11 @@ impl DirCopy {
         Ok(m)
     }
 
+    /// Whether this copy is in the writable layer.
+    pub fn upper(&self) -> bool {
+        self.upper
+    }
+
     /// Whether this copy hides all lower copies of the directory.
     pub fn is_opaque(&self) -> io::Result<bool> {
         self.with_markers(|m| m.opaque)

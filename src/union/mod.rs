@@ -3,9 +3,11 @@
 //! A request goes: `fuse.rs` decodes it -> a method here finds the node in the inode table
 //! (per-node lock, no global one) -> `lookup`/`readdir` walk the layer copies through `sys`.
 
+mod copy_up;
 mod inode;
 mod layer;
 mod lookup;
+mod ops;
 mod readdir;
 
 use std::ffi::{OsStr, OsString};
@@ -20,8 +22,10 @@ use dashmap::DashMap;
 
 pub use inode::{Node, ROOT_ID};
 pub use layer::is_internal_xattr;
+pub use ops::{Caller, SetAttr};
 pub use readdir::Entry;
 pub use rustix::fs::FileType;
+pub use sys::{RenameMode, SetTime};
 
 use inode::{InoMap, NodeState, NodeTable, Place};
 use layer::{DirCopy, Layer};
@@ -35,8 +39,14 @@ fn err(code: i32) -> io::Error {
 /// The layer stack as opened by the caller: fds of the layer roots, top first.
 pub struct Stack {
     pub upper: Option<OwnedFd>,
+    /// The workdir (required with an upper, on the upper's filesystem).
+    pub work: Option<OwnedFd>,
     pub lowers: Vec<OwnedFd>,
 }
+
+/// Where copy-ups and new entries are staged, inside the workdir (the kernel's name for it,
+/// so a workdir stays usable by kernel overlayfs).
+const STAGING: &str = "work";
 
 /// A listing snapshot for one open directory.
 struct DirHandle {
@@ -52,10 +62,28 @@ pub struct Union {
     files: DashMap<u64, Arc<File>>,
     dirs: DashMap<u64, Arc<Mutex<DirHandle>>>,
     next_fh: AtomicU64,
+    /// `workdir/work`, where objects are built before being renamed into the upper.
+    work: Option<Arc<OwnedFd>>,
+    stage_seq: AtomicU64,
+    /// `trusted.overlay.` with CAP_SYS_ADMIN, else `user.overlay.` (the kernel's userxattr).
+    xattr_prefix: &'static [u8],
+    /// Whether deletions are recorded as char 0/0 devices (else `.wh.` files).
+    chardev_whiteouts: bool,
 }
 
 impl Union {
-    pub fn new(stack: Stack) -> io::Result<Self> {
+    pub fn new(stack: Stack, whiteout: crate::options::WhiteoutFormat) -> io::Result<Self> {
+        let work = match (&stack.upper, &stack.work) {
+            (Some(_), Some(w)) => Some(Arc::new(prepare_work(w.as_fd())?)),
+            (Some(_), None) => return Err(err(libc::EINVAL)),
+            _ => None,
+        };
+        let privileged = sys::is_root();
+        let chardev_whiteouts = match (whiteout, &work) {
+            (crate::options::WhiteoutFormat::Oci, _) | (_, None) => false,
+            (crate::options::WhiteoutFormat::CharDev, _) => true,
+            (crate::options::WhiteoutFormat::Auto, Some(w)) => sys::can_mknod_whiteout(w.as_fd()),
+        };
         let mut layers = Vec::new();
         if let Some(u) = stack.upper {
             layers.push(Layer {
@@ -79,6 +107,14 @@ impl Union {
             files: DashMap::new(),
             dirs: DashMap::new(),
             next_fh: AtomicU64::new(1),
+            work,
+            stage_seq: AtomicU64::new(0),
+            xattr_prefix: if privileged {
+                b"trusted.overlay."
+            } else {
+                b"user.overlay."
+            },
+            chardev_whiteouts,
         };
         // The root merges every layer; opacity of a layer root is ignored, as in the kernel.
         let mut copies = Vec::new();
@@ -152,6 +188,19 @@ impl Union {
         st
     }
 
+    /// Attributes through an open handle: still right after the last name is gone.
+    pub fn getattr_fh(&self, id: u64, fh: u64) -> io::Result<Stat> {
+        let node = self.node(id)?;
+        let Ok(file) = self.file(fh) else {
+            return self.getattr(id);
+        };
+        let mut st = sys::stat_fd(file.as_fd())?;
+        if node.unlinked.load(Ordering::Relaxed) {
+            st.st_nlink = 0;
+        }
+        Ok(self.fix_stat(&node, st))
+    }
+
     pub fn getattr(&self, id: u64) -> io::Result<Stat> {
         let node = self.node(id)?;
         let st = {
@@ -175,10 +224,11 @@ impl Union {
 
     /// Opens a file for reading. Returns the handle and the file (for FUSE passthrough).
     pub fn open(&self, id: u64, flags: i32) -> io::Result<(u64, Arc<File>)> {
-        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-            return Err(err(libc::EROFS));
-        }
         let node = self.node(id)?;
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if writes {
+            self.copy_up(&node)?;
+        }
         let file = {
             let s = node.state();
             match &s.place {
@@ -186,6 +236,9 @@ impl Union {
                 Place::Dir(_) => return Err(err(libc::EISDIR)),
             }
         };
+        if flags & libc::O_TRUNC != 0 {
+            file.set_len(0)?;
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let file = Arc::new(file);
         self.files.insert(fh, file.clone());
@@ -193,11 +246,7 @@ impl Union {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
-        let file = self
-            .files
-            .get(&fh)
-            .map(|f| f.clone())
-            .ok_or_else(|| err(libc::EBADF))?;
+        let file = self.file(fh)?;
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         // Short reads only at EOF: the kernel would fill the rest with zeroes otherwise.
@@ -364,6 +413,18 @@ impl Union {
         }
         Ok(out)
     }
+}
+
+/// Opens (creating if needed) `workdir/work` and clears what a crash left in it.
+fn prepare_work(workdir: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let name = OsStr::new(STAGING);
+    match sys::mkdir_at(workdir, name, 0o700) {
+        Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+        _ => {}
+    }
+    let work = sys::open_dir_at(workdir, name)?;
+    ops::clear_dir(work.as_fd())?;
+    Ok(work)
 }
 
 #[cfg(test)]

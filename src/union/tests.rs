@@ -10,10 +10,14 @@ use super::*;
 
 fn union_of(dirs: &[&Path]) -> Union {
     let lowers = dirs.iter().map(|d| sys::open_root(d).unwrap()).collect();
-    Union::new(Stack {
-        upper: None,
-        lowers,
-    })
+    Union::new(
+        Stack {
+            upper: None,
+            work: None,
+            lowers,
+        },
+        crate::options::WhiteoutFormat::Auto,
+    )
     .unwrap()
 }
 

@@ -1,0 +1,176 @@
+//! Copy-up: giving a lower entry (and its parents) a copy in the upper layer before it is
+//! changed. Everything is built in the workdir and renamed into place, so a crash at any
+//! moment leaves either no upper copy or a complete one.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::inode::{Node, Place};
+use super::layer::{DirCopy, is_internal_xattr};
+use super::{Union, err};
+use crate::sys::{self, RenameMode, SetTime, Stat};
+
+impl Union {
+    /// The staging directory (`workdir/work`), or EROFS on a union without an upper.
+    pub(super) fn work(&self) -> io::Result<&Arc<OwnedFd>> {
+        self.work.as_ref().ok_or_else(|| err(libc::EROFS))
+    }
+
+    /// A fresh name in the staging directory.
+    pub(super) fn stage_name(&self) -> OsString {
+        let n = self.stage_seq.fetch_add(1, Ordering::Relaxed);
+        OsString::from(format!("#strata.{}.{n}", std::process::id()))
+    }
+
+    pub(super) fn in_upper(place: &Place) -> bool {
+        match place {
+            Place::Dir(copies) => copies.first().is_some_and(|c| c.layer == 0 && c.upper()),
+            Place::Leaf { layer, .. } => *layer == 0,
+        }
+    }
+
+    /// The upper copy of directory `node`, copying it (and its parents) up first.
+    pub(super) fn upper_dir(&self, node: &Arc<Node>) -> io::Result<Arc<OwnedFd>> {
+        self.copy_up(node)?;
+        match &node.state().place {
+            Place::Dir(copies) => Ok(copies[0].fd.clone()),
+            Place::Leaf { .. } => Err(err(libc::ENOTDIR)),
+        }
+    }
+
+    /// Makes sure `node` has an upper copy. Parents go first, each under its own lock, so
+    /// locks are only ever taken child-after-parent-released (no lock order to get wrong).
+    pub(super) fn copy_up(&self, node: &Arc<Node>) -> io::Result<()> {
+        self.work()?;
+        if Self::in_upper(&node.state().place) {
+            return Ok(());
+        }
+        let parent = node.state().parent.clone().ok_or_else(|| err(libc::EIO))?;
+        let pdir = self.upper_dir(&parent)?;
+        let mut s = node.state_mut();
+        if Self::in_upper(&s.place) {
+            return Ok(());
+        }
+        let name = s.name.clone();
+        let pstat = sys::stat_fd(pdir.as_fd())?;
+        match &mut s.place {
+            Place::Dir(copies) => {
+                let src = copies[0].fd.clone();
+                let st = sys::stat_fd(src.as_fd())?;
+                let tmp = self.stage_name();
+                let work = self.work()?.as_fd();
+                sys::mkdir_at(work, &tmp, 0o700)?;
+                let staged = self.finish_copy(src.as_fd(), OsStr::new(""), &st, work, &tmp);
+                self.place_staged(staged, work, &tmp, pdir.as_fd(), &name, true)?;
+                let fd = Arc::new(sys::open_dir_at(pdir.as_fd(), &name)?);
+                let ust = sys::stat_fd(fd.as_fd())?;
+                copies.insert(0, DirCopy::new(0, fd, &ust, true));
+            }
+            Place::Leaf { dir, .. } => {
+                let st = sys::stat_at(dir.as_fd(), &name)?;
+                let tmp = self.stage_name();
+                let work = self.work()?.as_fd();
+                let staged = stage_object(dir.as_fd(), &name, &st, work, &tmp)
+                    .and_then(|()| self.finish_copy(dir.as_fd(), &name, &st, work, &tmp));
+                self.place_staged(staged, work, &tmp, pdir.as_fd(), &name, false)?;
+                s.place = Place::Leaf {
+                    layer: 0,
+                    dir: pdir.clone(),
+                };
+            }
+        }
+        // Linking into the parent changed its times; the copy must keep the original ones.
+        restore_times(pdir.as_fd(), &pstat);
+        Ok(())
+    }
+
+    /// Owner, mode, xattrs and times of `name` in `src` onto the staged `tmp`.
+    fn finish_copy(
+        &self,
+        src: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &Stat,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+    ) -> io::Result<()> {
+        // chown first: it clears set-id bits, which chmod then restores.
+        sys::chown_at(work, tmp, Some(st.st_uid), Some(st.st_gid))?;
+        let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        if !is_link {
+            sys::chmod_at(work, tmp, st.st_mode & 0o7777)?;
+        }
+        let names = sys::list_xattr_all(src, name)?;
+        for key in names.split(|&b| b == 0).filter(|k| !k.is_empty()) {
+            if is_internal_xattr(key) {
+                continue;
+            }
+            if let Some(v) = sys::get_xattr_value(src, name, key)? {
+                match sys::set_xattr(work, tmp, key, &v, 0) {
+                    // Xattrs the upper cannot hold (e.g. security.* without privilege) are
+                    // dropped, as the kernel does.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) => {}
+                    r => r?,
+                }
+            }
+        }
+        sys::utimens_at(
+            work,
+            tmp,
+            SetTime::At(st.st_atime, st.st_atime_nsec as i64),
+            SetTime::At(st.st_mtime, st.st_mtime_nsec as i64),
+        )
+    }
+
+    /// Renames a staged object into place, or removes it if staging failed.
+    pub(super) fn place_staged(
+        &self,
+        staged: io::Result<()>,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        is_dir: bool,
+    ) -> io::Result<()> {
+        let r = staged.and_then(|()| sys::rename_at(work, tmp, dir, name, RenameMode::NoReplace));
+        if r.is_err() {
+            let _ = sys::unlink_at(work, tmp, is_dir);
+        }
+        r
+    }
+}
+
+/// Creates the staged copy of a non-directory: data for regular files, target for symlinks,
+/// the node itself for devices, fifos and sockets.
+fn stage_object(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    st: &Stat,
+    work: BorrowedFd<'_>,
+    tmp: &OsStr,
+) -> io::Result<()> {
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => {
+            let from = sys::open_for_copy(dir, name)?;
+            let to = sys::create_file_at(work, tmp, 0o600, libc::O_WRONLY)?;
+            sys::copy_data(&from, &to, st.st_size as u64)
+        }
+        libc::S_IFLNK => {
+            let target = sys::readlink_at(dir, name)?;
+            sys::symlink_at(std::os::unix::ffi::OsStrExt::from_bytes(&target), work, tmp)
+        }
+        _ => sys::mknod_at(work, tmp, st.st_mode, st.st_rdev),
+    }
+}
+
+/// Puts a directory's times back after we linked something into it.
+pub(super) fn restore_times(dir: BorrowedFd<'_>, st: &Stat) {
+    let _ = sys::utimens_at(
+        dir,
+        OsStr::new("."),
+        SetTime::At(st.st_atime, st.st_atime_nsec as i64),
+        SetTime::At(st.st_mtime, st.st_mtime_nsec as i64),
+    );
+}

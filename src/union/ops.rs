@@ -1,0 +1,585 @@
+//! Operations that change the union, in union terms: every change lands in the upper layer,
+//! staged in the workdir where a half-done state could otherwise become visible.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::inode::{Node, Place};
+use super::layer::{WH_PREFIX, is_internal_xattr};
+use super::{Union, err, lookup, readdir};
+use crate::sys::{self, RenameMode, SetTime, Stat};
+
+/// Who is asking: new entries belong to the caller.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Attribute changes of one setattr request.
+#[derive(Default, Debug)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+    pub fh: Option<u64>,
+}
+
+/// What the upper layer holds at a name that is absent from the merged view.
+#[derive(PartialEq, Eq, Clone, Copy, Debug)]
+enum Hole {
+    Empty,
+    /// A char 0/0 (or xattr) whiteout: replaced atomically by renaming over it.
+    Whiteout,
+    /// A `.wh.<name>` file beside it, removed once the new entry is in place.
+    OciWhiteout,
+}
+
+fn oci_name(name: &OsStr) -> OsString {
+    let mut v = WH_PREFIX.to_vec();
+    v.extend_from_slice(name.as_bytes());
+    OsString::from_vec(v)
+}
+
+use std::os::unix::ffi::OsStringExt;
+
+impl Union {
+    fn check_name(name: &OsStr) -> io::Result<()> {
+        // `.wh.` names are whiteouts in the layer format: a user file by that name would
+        // silently hide another.
+        if name.as_bytes().starts_with(WH_PREFIX) {
+            return Err(err(libc::EINVAL));
+        }
+        Ok(())
+    }
+
+    fn hole_at(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Hole> {
+        match sys::stat_at(pdir, name) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0 => {
+                Ok(Hole::Whiteout)
+            }
+            Ok(_) => Err(err(libc::EEXIST)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                if sys::exists_at(pdir, &oci_name(name))? {
+                    Ok(Hole::OciWhiteout)
+                } else {
+                    Ok(Hole::Empty)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `name` is visible in the lower copies of directory `parent` (so removing or
+    /// renaming its upper copy needs a whiteout).
+    fn lower_has(&self, parent: &Node, name: &OsStr) -> io::Result<bool> {
+        let s = parent.state();
+        let Place::Dir(copies) = &s.place else {
+            return Err(err(libc::ENOTDIR));
+        };
+        // The upper copy, when there is one, is always the first.
+        let lowers = match copies.first() {
+            Some(c) if c.upper() => &copies[1..],
+            _ => &copies[..],
+        };
+        if lowers.is_empty() {
+            return Ok(false);
+        }
+        match lookup::resolve(&self.layers, lowers, name) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a new entry through the workdir: `make` builds it at the staged name, we give
+    /// it owner and mode, then rename it into place (over a whiteout if there is one).
+    fn new_entry(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        mode: u32,
+        who: Caller,
+        make: impl FnOnce(BorrowedFd<'_>, &OsStr) -> io::Result<()>,
+    ) -> io::Result<(Arc<Node>, Stat)> {
+        Self::check_name(name)?;
+        let pdir = self.upper_dir(parent)?;
+        let pdir = pdir.as_fd();
+        let hole = self.hole_at(pdir, name)?;
+        let work = self.work()?.as_fd();
+        let tmp = self.stage_name();
+        let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
+        let staged = (|| {
+            make(work, &tmp)?;
+            let pst = sys::stat_fd(pdir)?;
+            // A set-group-id directory hands its group (and, to directories, the bit) down.
+            let sgid = pst.st_mode & libc::S_ISGID != 0;
+            let gid = if sgid { pst.st_gid } else { who.gid };
+            sys::chown_at(work, &tmp, Some(who.uid), Some(gid))?;
+            if mode & libc::S_IFMT != libc::S_IFLNK {
+                let extra = if sgid && is_dir { libc::S_ISGID } else { 0 };
+                sys::chmod_at(work, &tmp, (mode & 0o7777) | extra)?;
+            }
+            // A directory that replaces a deleted one must not show what the old one held.
+            if is_dir && hole != Hole::Empty {
+                sys::set_xattr(work, &tmp, &self.xattr(b"opaque"), b"y", 0)?;
+            }
+            Ok(())
+        })();
+        let r = staged.and_then(|()| match hole {
+            // A directory cannot be renamed over a device: swap, then drop the whiteout.
+            Hole::Whiteout if is_dir => {
+                sys::rename_at(work, &tmp, pdir, name, RenameMode::Exchange)?;
+                let _ = sys::unlink_at(work, &tmp, false);
+                Ok(())
+            }
+            Hole::Whiteout => sys::rename_at(work, &tmp, pdir, name, RenameMode::Replace),
+            _ => sys::rename_at(work, &tmp, pdir, name, RenameMode::NoReplace),
+        });
+        if let Err(e) = r {
+            let _ = sys::unlink_at(work, &tmp, is_dir);
+            return Err(e);
+        }
+        if hole == Hole::OciWhiteout {
+            sys::unlink_at(pdir, &oci_name(name), false)?;
+        }
+        self.lookup(parent.id, name)
+    }
+
+    /// The union's own xattr name `overlay.<what>` in the namespace this mount writes.
+    pub(super) fn xattr(&self, what: &[u8]) -> Vec<u8> {
+        let mut v = self.xattr_prefix.to_vec();
+        v.extend_from_slice(what);
+        v
+    }
+
+    pub fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        who: Caller,
+    ) -> io::Result<(Arc<Node>, Stat)> {
+        let p = self.node(parent)?;
+        self.new_entry(&p, name, libc::S_IFDIR | mode, who, |d, n| {
+            sys::mkdir_at(d, n, 0o700)
+        })
+    }
+
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        who: Caller,
+    ) -> io::Result<(Arc<Node>, Stat)> {
+        let p = self.node(parent)?;
+        if mode & libc::S_IFMT == libc::S_IFREG {
+            return self.new_entry(&p, name, mode, who, |d, n| {
+                sys::create_file_at(d, n, 0o600, libc::O_WRONLY).map(drop)
+            });
+        }
+        self.new_entry(&p, name, mode, who, |d, n| {
+            sys::mknod_at(d, n, (mode & libc::S_IFMT) | 0o600, rdev)
+        })
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+        who: Caller,
+    ) -> io::Result<(Arc<Node>, Stat)> {
+        let p = self.node(parent)?;
+        self.new_entry(&p, name, libc::S_IFLNK | 0o777, who, |d, n| {
+            sys::symlink_at(target, d, n)
+        })
+    }
+
+    /// create(2): a new regular file, opened. Returns node, stat, handle and file.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        who: Caller,
+    ) -> io::Result<(Arc<Node>, Stat, u64, Arc<File>)> {
+        let p = self.node(parent)?;
+        let (node, st) =
+            self.new_entry(&p, name, libc::S_IFREG | (mode & 0o7777), who, |d, n| {
+                sys::create_file_at(d, n, 0o600, libc::O_WRONLY).map(drop)
+            })?;
+        let (fh, file) = self.open(
+            node.id,
+            flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC),
+        )?;
+        Ok((node, st, fh, file))
+    }
+
+    pub fn link(&self, id: u64, newparent: u64, newname: &OsStr) -> io::Result<(Arc<Node>, Stat)> {
+        let node = self.node(id)?;
+        if node.is_dir {
+            return Err(err(libc::EPERM));
+        }
+        let np = self.node(newparent)?;
+        self.copy_up(&node)?;
+        let (src_dir, src_name) = {
+            let s = node.state();
+            match &s.place {
+                Place::Leaf { dir, .. } => (dir.clone(), s.name.clone()),
+                Place::Dir(_) => return Err(err(libc::EPERM)),
+            }
+        };
+        Self::check_name(newname)?;
+        let pdir = self.upper_dir(&np)?;
+        match self.hole_at(pdir.as_fd(), newname)? {
+            Hole::Empty => sys::link_at(src_dir.as_fd(), &src_name, pdir.as_fd(), newname)?,
+            hole => {
+                let work = self.work()?.as_fd();
+                let tmp = self.stage_name();
+                sys::link_at(src_dir.as_fd(), &src_name, work, &tmp)?;
+                let how = if hole == Hole::Whiteout {
+                    RenameMode::Replace
+                } else {
+                    RenameMode::NoReplace
+                };
+                if let Err(e) = sys::rename_at(work, &tmp, pdir.as_fd(), newname, how) {
+                    let _ = sys::unlink_at(work, &tmp, false);
+                    return Err(e);
+                }
+                if hole == Hole::OciWhiteout {
+                    sys::unlink_at(pdir.as_fd(), &oci_name(newname), false)?;
+                }
+            }
+        }
+        self.lookup(newparent, newname)
+    }
+
+    /// Leaves a whiteout at `name` in the upper directory `pdir`, whose entry (if any) has
+    /// already been moved or removed.
+    fn whiteout(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        if self.chardev_whiteouts {
+            match sys::mknod_at(pdir, name, libc::S_IFCHR, 0) {
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                r => return r,
+            }
+        }
+        sys::create_file_at(pdir, &oci_name(name), 0o600, libc::O_WRONLY).map(drop)
+    }
+
+    /// Removes `name` (a file, or with `dir` an empty directory) from the merged view.
+    fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> io::Result<()> {
+        let p = self.node(parent)?;
+        let (node, _) = self.lookup(parent, name)?;
+        let r = self.remove_node(&p, &node, name, dir);
+        self.forget(node.id, 1);
+        r
+    }
+
+    fn remove_node(
+        &self,
+        p: &Arc<Node>,
+        node: &Arc<Node>,
+        name: &OsStr,
+        dir: bool,
+    ) -> io::Result<()> {
+        if node.is_dir != dir {
+            return Err(err(if dir { libc::ENOTDIR } else { libc::EISDIR }));
+        }
+        if dir {
+            let s = node.state();
+            if let Place::Dir(copies) = &s.place
+                && !readdir::merge(&self.inos, copies)?.is_empty()
+            {
+                return Err(err(libc::ENOTEMPTY));
+            }
+        }
+        let pdir = self.upper_dir(p)?;
+        let pdir = pdir.as_fd();
+        let below = self.lower_has(p, name)?;
+        let in_upper = Self::in_upper(&node.state().place);
+        let work = self.work()?.as_fd();
+        if in_upper {
+            if dir {
+                // Move the upper copy out (leaving a whiteout if a lower copy must stay
+                // hidden), then empty it of its whiteouts and remove it.
+                let tmp = self.stage_name();
+                let how = if below && self.chardev_whiteouts {
+                    RenameMode::Whiteout
+                } else {
+                    RenameMode::NoReplace
+                };
+                sys::rename_at(pdir, name, work, &tmp, how)?;
+                if below && !self.chardev_whiteouts {
+                    self.whiteout(pdir, name)?;
+                }
+                let staged = sys::open_dir_at(work, &tmp)?;
+                clear_dir(staged.as_fd())?;
+                sys::unlink_at(work, &tmp, true)?;
+            } else if below && self.chardev_whiteouts {
+                let tmp = self.stage_name();
+                sys::rename_at(pdir, name, work, &tmp, RenameMode::Whiteout)?;
+                sys::unlink_at(work, &tmp, false)?;
+            } else {
+                sys::unlink_at(pdir, name, false)?;
+                if below {
+                    self.whiteout(pdir, name)?;
+                }
+            }
+        } else {
+            self.whiteout(pdir, name)?;
+        }
+        if !node.is_dir {
+            let st = self.getattr(node.id);
+            // The last name gone: open handles keep the data, stat says nlink 0.
+            if st.map_or(true, |st| st.st_nlink <= 1) || !in_upper {
+                node.unlinked.store(true, Ordering::Relaxed);
+            }
+        } else {
+            node.unlinked.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    pub fn setattr(&self, id: u64, a: &SetAttr) -> io::Result<Stat> {
+        let node = self.node(id)?;
+        self.copy_up(&node)?;
+        let (dir, name): (Arc<OwnedFd>, OsString) = {
+            let s = node.state();
+            match &s.place {
+                Place::Leaf { dir, .. } => (dir.clone(), s.name.clone()),
+                Place::Dir(copies) => (copies[0].fd.clone(), OsString::from(".")),
+            }
+        };
+        let dir = dir.as_fd();
+        if a.uid.is_some() || a.gid.is_some() {
+            sys::chown_at(dir, &name, a.uid, a.gid)?;
+        }
+        if let Some(mode) = a.mode {
+            sys::chmod_at(dir, &name, mode & 0o7777)?;
+        }
+        if let Some(size) = a.size {
+            match a.fh.and_then(|fh| self.files.get(&fh).map(|f| f.clone())) {
+                Some(f) => sys::truncate(&f, size)?,
+                None => sys::truncate(&sys::open_file_at(dir, &name, libc::O_WRONLY)?, size)?,
+            }
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            sys::utimens_at(
+                dir,
+                &name,
+                a.atime.unwrap_or(SetTime::Omit),
+                a.mtime.unwrap_or(SetTime::Omit),
+            )?;
+        }
+        self.getattr(id)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<usize> {
+        let file = self.file(fh)?;
+        sys::pwrite(&file, data, offset)
+    }
+
+    pub fn fsync(&self, fh: u64, data_only: bool) -> io::Result<()> {
+        sys::fsync(&*self.file(fh)?, data_only)
+    }
+
+    pub fn fallocate(&self, fh: u64, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+        sys::fallocate(&*self.file(fh)?, mode, offset, len)
+    }
+
+    pub fn setxattr(&self, id: u64, key: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
+        if is_internal_xattr(key) {
+            return Err(err(libc::EPERM));
+        }
+        let node = self.node(id)?;
+        self.copy_up(&node)?;
+        self.xattr_target(id, |dir, name| sys::set_xattr(dir, name, key, value, flags))
+    }
+
+    pub fn removexattr(&self, id: u64, key: &[u8]) -> io::Result<()> {
+        if is_internal_xattr(key) {
+            return Err(err(libc::ENODATA));
+        }
+        let node = self.node(id)?;
+        self.copy_up(&node)?;
+        self.xattr_target(id, |dir, name| sys::remove_xattr(dir, name, key))
+    }
+
+    /// rename(2) with flags. Directories that exist in a lower layer are not supported yet
+    /// (EXDEV: callers such as mv fall back to copy and delete).
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        mode: RenameMode,
+    ) -> io::Result<()> {
+        Self::check_name(newname)?;
+        let p = self.node(parent)?;
+        let np = self.node(newparent)?;
+        let (src, _) = self.lookup(parent, name)?;
+        let r = self.rename_node(&p, &src, name, &np, newname, mode);
+        self.forget(src.id, 1);
+        r
+    }
+
+    fn rename_node(
+        &self,
+        p: &Arc<Node>,
+        src: &Arc<Node>,
+        name: &OsStr,
+        np: &Arc<Node>,
+        newname: &OsStr,
+        mode: RenameMode,
+    ) -> io::Result<()> {
+        if src.is_dir
+            && let Place::Dir(copies) = &src.state().place
+            && copies.iter().any(|c| !c.upper())
+        {
+            return Err(err(libc::EXDEV));
+        }
+        let target = match self.lookup(np.id, newname) {
+            Ok((t, _)) => Some(t),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+            Err(e) => return Err(e),
+        };
+        let r = (|| {
+            if let Some(t) = &target {
+                if Arc::ptr_eq(t, src) {
+                    return Ok(());
+                }
+                if mode == RenameMode::NoReplace {
+                    return Err(err(libc::EEXIST));
+                }
+                if mode == RenameMode::Exchange {
+                    return self.exchange(p, src, name, np, t, newname);
+                }
+                if t.is_dir && !src.is_dir {
+                    return Err(err(libc::EISDIR));
+                }
+                if !t.is_dir && src.is_dir {
+                    return Err(err(libc::ENOTDIR));
+                }
+                if t.is_dir {
+                    // Replacing a directory: it must be empty, and is removed first.
+                    self.remove_node(np, t, newname, true)?;
+                }
+            } else if mode == RenameMode::Exchange {
+                return Err(err(libc::ENOENT));
+            }
+            self.copy_up(src)?;
+            let pdir = self.upper_dir(p)?;
+            let npdir = self.upper_dir(np)?;
+            let below = self.lower_has(p, name)?;
+            let target_hole = match &target {
+                Some(t) if !t.is_dir && Self::in_upper(&t.state().place) => Hole::Empty,
+                _ => self.hole_at(npdir.as_fd(), newname).unwrap_or(Hole::Empty),
+            };
+            let how = if below && self.chardev_whiteouts {
+                RenameMode::Whiteout
+            } else {
+                RenameMode::Replace
+            };
+            sys::rename_at(pdir.as_fd(), name, npdir.as_fd(), newname, how)?;
+            if below && !self.chardev_whiteouts {
+                self.whiteout(pdir.as_fd(), name)?;
+            }
+            if target_hole == Hole::OciWhiteout {
+                sys::unlink_at(npdir.as_fd(), &oci_name(newname), false)?;
+            }
+            if let Some(t) = &target
+                && !t.is_dir
+            {
+                t.unlinked.store(true, Ordering::Relaxed);
+            }
+            let mut s = src.state_mut();
+            s.parent = Some(np.clone());
+            s.name = newname.to_owned();
+            if let Place::Leaf { dir, .. } = &mut s.place {
+                *dir = npdir.clone();
+            }
+            Ok(())
+        })();
+        if let Some(t) = target {
+            self.forget(t.id, 1);
+        }
+        r
+    }
+
+    fn exchange(
+        &self,
+        p: &Arc<Node>,
+        a: &Arc<Node>,
+        an: &OsStr,
+        np: &Arc<Node>,
+        b: &Arc<Node>,
+        bn: &OsStr,
+    ) -> io::Result<()> {
+        // Both names keep existing, so no whiteout is needed; lower-only dirs can't move yet.
+        for n in [a, b] {
+            if n.is_dir && !Self::in_upper(&n.state().place) {
+                return Err(err(libc::EXDEV));
+            }
+            self.copy_up(n)?;
+        }
+        let pdir = self.upper_dir(p)?;
+        let npdir = self.upper_dir(np)?;
+        sys::rename_at(pdir.as_fd(), an, npdir.as_fd(), bn, RenameMode::Exchange)?;
+        for (n, parent, name, dir) in [(a, np, bn, &npdir), (b, p, an, &pdir)] {
+            let mut s = n.state_mut();
+            s.parent = Some(parent.clone());
+            s.name = name.to_owned();
+            if let Place::Leaf { dir: d, .. } = &mut s.place {
+                *d = dir.clone();
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn file(&self, fh: u64) -> io::Result<Arc<File>> {
+        self.files
+            .get(&fh)
+            .map(|f| f.clone())
+            .ok_or_else(|| err(libc::EBADF))
+    }
+}
+
+/// Empties a directory we own: a removed directory's upper copy (whiteouts only) or the
+/// staging directory after a crash.
+pub(super) fn clear_dir(dir: BorrowedFd<'_>) -> io::Result<()> {
+    let mut names = Vec::new();
+    sys::read_dir(dir, |e| {
+        names.push((e.name.to_vec(), e.kind == rustix::fs::FileType::Directory));
+        Ok(())
+    })?;
+    for (n, is_dir) in names {
+        let n = OsStr::from_bytes(&n);
+        if is_dir {
+            let sub = sys::open_dir_at(dir, n)?;
+            clear_dir(sub.as_fd())?;
+        }
+        sys::unlink_at(dir, n, is_dir)?;
+    }
+    Ok(())
+}
