@@ -63,7 +63,9 @@ impl Union {
                 let tmp = self.stage_name();
                 let work = self.work()?.as_fd();
                 sys::mkdir_at(work, &tmp, 0o700)?;
-                let staged = self.finish_copy(src.as_fd(), OsStr::new(""), &st, work, &tmp);
+                let staged = self
+                    .finish_copy(src.as_fd(), OsStr::new(""), &st, work, &tmp)
+                    .and_then(|()| self.record_ino(work, &tmp, node.ino));
                 self.place_staged(staged, work, &tmp, pdir.as_fd(), &name, true)?;
                 let fd = Arc::new(sys::open_dir_at(pdir.as_fd(), &name)?);
                 let ust = sys::stat_fd(fd.as_fd())?;
@@ -74,7 +76,8 @@ impl Union {
                 let tmp = self.stage_name();
                 let work = self.work()?.as_fd();
                 let staged = stage_object(dir.as_fd(), &name, &st, work, &tmp)
-                    .and_then(|()| self.finish_copy(dir.as_fd(), &name, &st, work, &tmp));
+                    .and_then(|()| self.finish_copy(dir.as_fd(), &name, &st, work, &tmp))
+                    .and_then(|()| self.record_ino(work, &tmp, node.ino));
                 self.place_staged(staged, work, &tmp, pdir.as_fd(), &name, false)?;
                 s.place = Place::Leaf {
                     layer: 0,
@@ -82,9 +85,30 @@ impl Union {
                 };
             }
         }
+        self.mark_impure(pdir.as_fd());
         // Linking into the parent changed its times; the copy must keep the original ones.
         restore_times(pdir.as_fd(), &pstat);
         Ok(())
+    }
+
+    /// Records the stable inode number on a staged copy, so the file keeps its `st_ino`
+    /// after copy-up and remount (the kernel records its origin for the same reason).
+    fn record_ino(&self, work: BorrowedFd<'_>, tmp: &OsStr, ino: u64) -> io::Result<()> {
+        match sys::set_xattr(work, tmp, &self.ino_xattr, &ino.to_le_bytes(), 0) {
+            // user.* xattrs are refused on symlinks (rootless): such a link gets a new number.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Marks an upper directory as holding entries with recorded inode numbers.
+    pub(super) fn mark_impure(&self, dir: BorrowedFd<'_>) {
+        if matches!(
+            sys::get_xattr_value(dir, OsStr::new(""), &self.impure_xattr),
+            Ok(None)
+        ) {
+            let _ = sys::set_xattr(dir, OsStr::new(""), &self.impure_xattr, b"y", 0);
+        }
     }
 
     /// Owner, mode, xattrs and times of `name` in `src` onto the staged `tmp`.

@@ -44,6 +44,11 @@ pub struct Node {
     pub is_dir: bool,
     /// Set once the last name is gone: open handles keep working, stat shows nlink 0.
     pub unlinked: std::sync::atomic::AtomicBool,
+    /// Open file handles on this node.
+    pub opens: std::sync::atomic::AtomicU32,
+    /// A link in the staging dir that keeps an unlinked upper file reachable while it is open
+    /// or has other names (not counted in `st_nlink`); removed when no longer needed.
+    pub hidden_link: std::sync::Mutex<Option<OsString>>,
     /// How many lookups the kernel holds on us (FUSE forget protocol).
     lookups: AtomicU64,
     /// Per-node lock: requests on different nodes never contend.
@@ -122,6 +127,8 @@ impl NodeTable {
             is_dir: true,
             // The root is never forgotten.
             unlinked: Default::default(),
+            opens: Default::default(),
+            hidden_link: Default::default(),
             lookups: AtomicU64::new(1 << 62),
             state: RwLock::new(state),
         });
@@ -153,6 +160,8 @@ impl NodeTable {
                     generation: self.generation.fetch_add(1, Ordering::Relaxed),
                     is_dir,
                     unlinked: Default::default(),
+                    opens: Default::default(),
+                    hidden_link: Default::default(),
                     lookups: AtomicU64::new(1),
                     state: RwLock::new(make()),
                 });
@@ -162,10 +171,10 @@ impl NodeTable {
         }
     }
 
-    /// Drops `n` lookups; the node leaves the table when none remain.
-    pub fn forget(&self, id: u64, n: u64) {
+    /// Drops `n` lookups; the node leaves the table when none remain (and is returned).
+    pub fn forget(&self, id: u64, n: u64) -> Option<Arc<Node>> {
         if id == ROOT_ID {
-            return;
+            return None;
         }
         if let Entry::Occupied(e) = self.nodes.entry(id) {
             let prev = e
@@ -176,9 +185,10 @@ impl NodeTable {
                 })
                 .unwrap_or(0);
             if prev <= n {
-                e.remove();
+                return Some(e.remove());
             }
         }
+        None
     }
 
     pub fn count(&self) -> usize {

@@ -59,7 +59,7 @@ pub struct Union {
     layers: Vec<Layer>,
     nodes: NodeTable,
     inos: InoMap,
-    files: DashMap<u64, Arc<File>>,
+    files: DashMap<u64, (Arc<Node>, Arc<File>)>,
     dirs: DashMap<u64, Arc<Mutex<DirHandle>>>,
     next_fh: AtomicU64,
     /// `workdir/work`, where objects are built before being renamed into the upper.
@@ -69,6 +69,10 @@ pub struct Union {
     xattr_prefix: &'static [u8],
     /// Whether deletions are recorded as char 0/0 devices (else `.wh.` files).
     chardev_whiteouts: bool,
+    /// `overlay.strata.ino`: the stable inode number a copied-up object keeps (its origin's).
+    ino_xattr: Vec<u8>,
+    /// `overlay.impure`: set on upper directories holding such objects (the kernel's name).
+    impure_xattr: Vec<u8>,
 }
 
 impl Union {
@@ -79,6 +83,11 @@ impl Union {
             _ => None,
         };
         let privileged = sys::is_root();
+        let prefix: &'static [u8] = if privileged {
+            b"trusted.overlay."
+        } else {
+            b"user.overlay."
+        };
         let chardev_whiteouts = match (whiteout, &work) {
             (crate::options::WhiteoutFormat::Oci, _) | (_, None) => false,
             (crate::options::WhiteoutFormat::CharDev, _) => true,
@@ -109,12 +118,10 @@ impl Union {
             next_fh: AtomicU64::new(1),
             work,
             stage_seq: AtomicU64::new(0),
-            xattr_prefix: if privileged {
-                b"trusted.overlay."
-            } else {
-                b"user.overlay."
-            },
+            xattr_prefix: prefix,
             chardev_whiteouts,
+            ino_xattr: [prefix, b"strata.ino"].concat(),
+            impure_xattr: [prefix, b"impure"].concat(),
         };
         // The root merges every layer; opacity of a layer root is ignored, as in the kernel.
         let mut copies = Vec::new();
@@ -161,7 +168,7 @@ impl Union {
             };
             lookup::resolve(&self.layers, copies, name)?
         };
-        let ino = self.inos.map(st.st_dev, st.st_ino);
+        let ino = self.stable_ino(&place, name, &st)?;
         let is_dir = matches!(place, Place::Dir(_));
         let node = self.nodes.intern(ino, is_dir, || NodeState {
             parent: Some(pnode.clone()),
@@ -172,14 +179,45 @@ impl Union {
         Ok((node, st))
     }
 
+    /// `st_ino` of an entry: its origin's number if it was copied up, else its real one.
+    fn stable_ino(&self, place: &Place, name: &OsStr, st: &Stat) -> io::Result<u64> {
+        let recorded = match place {
+            Place::Leaf { layer: 0, dir } if self.has_upper() => {
+                sys::get_xattr_value(dir.as_fd(), name, &self.ino_xattr)?
+            }
+            Place::Dir(copies) if copies[0].upper() => {
+                sys::get_xattr_value(copies[0].fd.as_fd(), OsStr::new(""), &self.ino_xattr)?
+            }
+            _ => None,
+        };
+        Ok(recorded
+            .and_then(|v| v.try_into().ok().map(u64::from_le_bytes))
+            .unwrap_or_else(|| self.inos.map(st.st_dev, st.st_ino)))
+    }
+
     pub fn forget(&self, id: u64, n: u64) {
-        self.nodes.forget(id, n);
+        if let Some(node) = self.nodes.forget(id, n) {
+            self.drop_hidden_link(&node);
+        }
+    }
+
+    /// Removes the staging link that kept an unlinked file reachable.
+    pub(super) fn drop_hidden_link(&self, node: &Node) {
+        let mut hidden = node.hidden_link.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(name), Some(work)) = (hidden.take(), &self.work) {
+            let _ = sys::unlink_at(work.as_fd(), &name, false);
+        }
     }
 
     /// Presents a real stat as the union's: stable inode number, and nlink 1 for merged
     /// directories (their real link count cannot be known, the kernel does the same).
     fn fix_stat(&self, node: &Node, mut st: Stat) -> Stat {
         st.st_ino = node.ino;
+        if node.unlinked.load(Ordering::Relaxed) {
+            st.st_nlink = 0;
+        } else if node.hidden_link.lock().is_ok_and(|h| h.is_some()) {
+            st.st_nlink = st.st_nlink.saturating_sub(1);
+        }
         if let Place::Dir(copies) = &node.state().place
             && copies.len() > 1
         {
@@ -194,11 +232,7 @@ impl Union {
         let Ok(file) = self.file(fh) else {
             return self.getattr(id);
         };
-        let mut st = sys::stat_fd(file.as_fd())?;
-        if node.unlinked.load(Ordering::Relaxed) {
-            st.st_nlink = 0;
-        }
-        Ok(self.fix_stat(&node, st))
+        Ok(self.fix_stat(&node, sys::stat_fd(file.as_fd())?))
     }
 
     pub fn getattr(&self, id: u64) -> io::Result<Stat> {
@@ -241,7 +275,8 @@ impl Union {
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let file = Arc::new(file);
-        self.files.insert(fh, file.clone());
+        node.opens.fetch_add(1, Ordering::Relaxed);
+        self.files.insert(fh, (node, file.clone()));
         Ok((fh, file))
     }
 
@@ -263,7 +298,12 @@ impl Union {
     }
 
     pub fn release(&self, fh: u64) {
-        self.files.remove(&fh);
+        if let Some((_, (node, _))) = self.files.remove(&fh)
+            && node.opens.fetch_sub(1, Ordering::Relaxed) == 1
+            && node.unlinked.load(Ordering::Relaxed)
+        {
+            self.drop_hidden_link(&node);
+        }
     }
 
     pub fn opendir(&self, id: u64) -> io::Result<u64> {
@@ -297,7 +337,7 @@ impl Union {
                     let Place::Dir(copies) = &s.place else {
                         return Err(err(libc::ENOTDIR));
                     };
-                    Arc::new(readdir::merge(&self.inos, copies)?)
+                    Arc::new(self.merge(copies)?)
                 };
                 h.entries = Some(list.clone());
                 list
@@ -371,6 +411,26 @@ impl Union {
 
     pub fn releasedir(&self, fh: u64) {
         self.dirs.remove(&fh);
+    }
+
+    /// The merged listing of a directory, with the stable inode numbers lookup reports.
+    fn merge(&self, copies: &[DirCopy]) -> io::Result<Vec<Entry>> {
+        readdir::merge(
+            &self.inos,
+            copies,
+            |copy, name| {
+                if !copy.upper() {
+                    return Ok(None);
+                }
+                let v = sys::get_xattr_value(
+                    copy.fd.as_fd(),
+                    OsStr::from_bytes(name),
+                    &self.ino_xattr,
+                )?;
+                Ok(v.and_then(|v| v.try_into().ok().map(u64::from_le_bytes)))
+            },
+            &self.impure_xattr,
+        )
     }
 
     /// Space of the upper layer (where writes go), else of the top lower layer.

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use super::inode::{Node, Place};
 use super::layer::{WH_PREFIX, is_internal_xattr};
-use super::{Union, err, lookup, readdir};
+use super::{Union, err, lookup};
 use crate::sys::{self, RenameMode, SetTime, Stat};
 
 /// Who is asking: new entries belong to the caller.
@@ -243,6 +243,7 @@ impl Union {
         };
         Self::check_name(newname)?;
         let pdir = self.upper_dir(&np)?;
+        self.mark_impure(pdir.as_fd());
         match self.hole_at(pdir.as_fd(), newname)? {
             Hole::Empty => sys::link_at(src_dir.as_fd(), &src_name, pdir.as_fd(), newname)?,
             hole => {
@@ -300,7 +301,7 @@ impl Union {
         if dir {
             let s = node.state();
             if let Place::Dir(copies) = &s.place
-                && !readdir::merge(&self.inos, copies)?.is_empty()
+                && !self.merge(copies)?.is_empty()
             {
                 return Err(err(libc::ENOTEMPTY));
             }
@@ -327,27 +328,58 @@ impl Union {
                 let staged = sys::open_dir_at(work, &tmp)?;
                 clear_dir(staged.as_fd())?;
                 sys::unlink_at(work, &tmp, true)?;
-            } else if below && self.chardev_whiteouts {
-                let tmp = self.stage_name();
-                sys::rename_at(pdir, name, work, &tmp, RenameMode::Whiteout)?;
-                sys::unlink_at(work, &tmp, false)?;
             } else {
-                sys::unlink_at(pdir, name, false)?;
-                if below {
-                    self.whiteout(pdir, name)?;
+                self.keep_reachable(node, pdir, name)?;
+                if below && self.chardev_whiteouts {
+                    let tmp = self.stage_name();
+                    sys::rename_at(pdir, name, work, &tmp, RenameMode::Whiteout)?;
+                    sys::unlink_at(work, &tmp, false)?;
+                } else {
+                    sys::unlink_at(pdir, name, false)?;
+                    if below {
+                        self.whiteout(pdir, name)?;
+                    }
                 }
             }
         } else {
             self.whiteout(pdir, name)?;
         }
-        if !node.is_dir {
-            let st = self.getattr(node.id);
-            // The last name gone: open handles keep the data, stat says nlink 0.
-            if st.map_or(true, |st| st.st_nlink <= 1) || !in_upper {
-                node.unlinked.store(true, Ordering::Relaxed);
-            }
-        } else {
+        // The last name gone: open handles keep the data, stat says nlink 0.
+        let last =
+            node.is_dir || !in_upper || self.getattr(node.id).map_or(true, |st| st.st_nlink == 0);
+        if last {
             node.unlinked.store(true, Ordering::Relaxed);
+            if node.opens.load(Ordering::Relaxed) == 0 {
+                self.drop_hidden_link(node);
+            }
+        }
+        Ok(())
+    }
+
+    /// Before the upper name of a file goes: if the file is open or has other names, give it a
+    /// hidden link in the staging dir and point the node there, so it stays reachable.
+    fn keep_reachable(
+        &self,
+        node: &Arc<Node>,
+        pdir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> io::Result<()> {
+        let st = sys::stat_at(pdir, name)?;
+        if node.opens.load(Ordering::Relaxed) == 0 && st.st_nlink <= 1 {
+            return Ok(());
+        }
+        let mut hidden = node.hidden_link.lock().unwrap_or_else(|p| p.into_inner());
+        if hidden.is_none() {
+            let work = self.work()?;
+            let tmp = self.stage_name();
+            sys::link_at(pdir, name, work.as_fd(), &tmp)?;
+            let mut s = node.state_mut();
+            s.place = Place::Leaf {
+                layer: 0,
+                dir: work.clone(),
+            };
+            s.name = tmp.clone();
+            *hidden = Some(tmp);
         }
         Ok(())
     }
@@ -378,8 +410,11 @@ impl Union {
             sys::chmod_at(dir, &name, mode & 0o7777)?;
         }
         if let Some(size) = a.size {
-            match a.fh.and_then(|fh| self.files.get(&fh).map(|f| f.clone())) {
-                Some(f) => sys::truncate(&f, size)?,
+            match a
+                .fh
+                .and_then(|fh| self.files.get(&fh).map(|f| f.value().clone()))
+            {
+                Some(f) => sys::truncate(&f.1, size)?,
                 None => sys::truncate(&sys::open_file_at(dir, &name, libc::O_WRONLY)?, size)?,
             }
         }
@@ -502,6 +537,7 @@ impl Union {
                 RenameMode::Replace
             };
             sys::rename_at(pdir.as_fd(), name, npdir.as_fd(), newname, how)?;
+            self.mark_impure(npdir.as_fd());
             if below && !self.chardev_whiteouts {
                 self.whiteout(pdir.as_fd(), name)?;
             }
@@ -546,6 +582,8 @@ impl Union {
         let pdir = self.upper_dir(p)?;
         let npdir = self.upper_dir(np)?;
         sys::rename_at(pdir.as_fd(), an, npdir.as_fd(), bn, RenameMode::Exchange)?;
+        self.mark_impure(pdir.as_fd());
+        self.mark_impure(npdir.as_fd());
         for (n, parent, name, dir) in [(a, np, bn, &npdir), (b, p, an, &pdir)] {
             let mut s = n.state_mut();
             s.parent = Some(parent.clone());
@@ -560,7 +598,7 @@ impl Union {
     pub(super) fn file(&self, fh: u64) -> io::Result<Arc<File>> {
         self.files
             .get(&fh)
-            .map(|f| f.clone())
+            .map(|f| f.1.clone())
             .ok_or_else(|| err(libc::EBADF))
     }
 }

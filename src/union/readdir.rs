@@ -21,13 +21,21 @@ pub struct Entry {
     pub kind: FileType,
 }
 
-/// Lists the merged directory made of `copies` (topmost first).
-pub fn merge(inos: &InoMap, copies: &[DirCopy]) -> io::Result<Vec<Entry>> {
+/// Lists the merged directory made of `copies` (topmost first). In a copy marked impure
+/// (xattr `impure`), `recorded(copy, name)` gives an entry's recorded inode number.
+pub fn merge(
+    inos: &InoMap,
+    copies: &[DirCopy],
+    recorded: impl Fn(&DirCopy, &[u8]) -> io::Result<Option<u64>>,
+    impure: &[u8],
+) -> io::Result<Vec<Entry>> {
     let mut seen: HashSet<Box<[u8]>> = HashSet::new();
     let mut out = Vec::new();
     for copy in copies {
         // Whiteouts in this copy hide names in lower copies only.
         let mut hidden: Vec<Box<[u8]>> = Vec::new();
+        let impure = copy.upper()
+            && sys::get_xattr_value(copy.fd.as_fd(), OsStr::new(""), impure)?.is_some();
         sys::read_dir(copy.fd.as_fd(), |e| {
             if e.name == OPAQUE_MARKER || seen.contains(e.name) {
                 return Ok(());
@@ -47,10 +55,14 @@ pub fn merge(inos: &InoMap, copies: &[DirCopy]) -> io::Result<Vec<Entry>> {
                 }
                 k => k,
             };
+            let ino = match impure {
+                true => recorded(copy, e.name)?,
+                false => None,
+            };
             seen.insert(e.name.into());
             out.push(Entry {
                 name: e.name.into(),
-                ino: inos.map(copy.dev, e.ino),
+                ino: ino.unwrap_or_else(|| inos.map(copy.dev, e.ino)),
                 kind,
             });
             Ok(())
