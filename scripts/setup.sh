@@ -11,6 +11,8 @@ declare -A need=(
   [fio]=fio
   [hyperfine]=hyperfine
   [busybox]=busybox-static
+  [bc]=bc
+  [python3]=python3
 )
 missing=()
 for cmd in "${!need[@]}"; do
