@@ -11,3 +11,9 @@ fi
 echo "== setup"; scripts/setup.sh
 echo "== build"; cargo build --all-targets
 echo "== tests"; cargo test --all-targets
+if command -v cargo-fuzz >/dev/null 2>&1; then
+  echo "== fuzz smoke (20 s; scripts/fuzz.sh for longer runs)"
+  scripts/fuzz.sh mount_options 20 2>&1 | tail -1
+else
+  echo "== fuzz smoke skipped: cargo-fuzz not installed (cargo install cargo-fuzz)"
+fi
