@@ -488,12 +488,6 @@ impl Union {
         newname: &OsStr,
         mode: RenameMode,
     ) -> io::Result<()> {
-        if src.is_dir
-            && let Place::Dir(copies) = &src.state().place
-            && copies.iter().any(|c| !c.upper())
-        {
-            return Err(err(libc::EXDEV));
-        }
         let target = match self.lookup(np.id, newname) {
             Ok((t, _)) => Some(t),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
@@ -527,20 +521,33 @@ impl Union {
             let pdir = self.upper_dir(p)?;
             let npdir = self.upper_dir(np)?;
             let below = self.lower_has(p, name)?;
+            if src.is_dir {
+                self.prepare_dir_move(p, src, name, np, newname)?;
+            }
             let target_hole = match &target {
                 Some(t) if !t.is_dir && Self::in_upper(&t.state().place) => Hole::Empty,
                 _ => self.hole_at(npdir.as_fd(), newname).unwrap_or(Hole::Empty),
             };
-            let how = if below && self.chardev_whiteouts {
-                RenameMode::Whiteout
+            let (pd, npd) = (pdir.as_fd(), npdir.as_fd());
+            if src.is_dir && target_hole == Hole::Whiteout {
+                // A directory cannot replace a device: swap them, which leaves the whiteout
+                // at the old name, where it is needed if a lower copy stays behind.
+                sys::rename_at(pd, name, npd, newname, RenameMode::Exchange)?;
+                if !below {
+                    sys::unlink_at(pd, name, false)?;
+                }
             } else {
-                RenameMode::Replace
-            };
-            sys::rename_at(pdir.as_fd(), name, npdir.as_fd(), newname, how)?;
-            self.mark_impure(npdir.as_fd());
-            if below && !self.chardev_whiteouts {
-                self.whiteout(pdir.as_fd(), name)?;
+                let how = if below && self.chardev_whiteouts {
+                    RenameMode::Whiteout
+                } else {
+                    RenameMode::Replace
+                };
+                sys::rename_at(pd, name, npd, newname, how)?;
+                if below && !self.chardev_whiteouts {
+                    self.whiteout(pd, name)?;
+                }
             }
+            self.mark_impure(npd);
             if target_hole == Hole::OciWhiteout {
                 sys::unlink_at(npdir.as_fd(), &oci_name(newname), false)?;
             }
@@ -561,6 +568,80 @@ impl Union {
             self.forget(t.id, 1);
         }
         r
+    }
+
+    /// Before a directory moves in the upper layer: if it has lower copies, record where they
+    /// are (the kernel's redirect: the old name when the parent stays, else the absolute
+    /// path); if it has none but the target name hides a lower one, make it opaque.
+    fn prepare_dir_move(
+        &self,
+        p: &Arc<Node>,
+        src: &Arc<Node>,
+        name: &OsStr,
+        np: &Arc<Node>,
+        newname: &OsStr,
+    ) -> io::Result<()> {
+        let (upper, has_lower) = match &src.state().place {
+            Place::Dir(copies) => (copies[0].fd.clone(), copies.iter().any(|c| !c.upper())),
+            Place::Leaf { .. } => return Err(err(libc::ENOTDIR)),
+        };
+        let here = OsStr::new("");
+        let key = self.xattr(b"redirect");
+        if has_lower {
+            let existing = self.redirect_of_node(src)?;
+            let samedir = Arc::ptr_eq(p, np);
+            if existing
+                .as_ref()
+                .is_some_and(|r| samedir || r.first() == Some(&b'/'))
+            {
+                return Ok(());
+            }
+            let redirect = if samedir {
+                name.as_bytes().to_vec()
+            } else {
+                self.absolute_redirect(src)?
+            };
+            sys::set_xattr(upper.as_fd(), here, &key, &redirect, 0)
+        } else if self.lower_has(np, newname)? {
+            sys::set_xattr(upper.as_fd(), here, &self.xattr(b"opaque"), b"y", 0)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The redirect recorded on a directory's upper copy, if any.
+    fn redirect_of_node(&self, node: &Node) -> io::Result<Option<Vec<u8>>> {
+        match &node.state().place {
+            Place::Dir(copies) if copies[0].upper() => lookup::redirect_of(&copies[0]),
+            _ => Ok(None),
+        }
+    }
+
+    /// The absolute path (from the layer roots) where `node`'s lower copies live: its path in
+    /// the union, with each component replaced by that directory's own redirect, up to the
+    /// first absolute one (as the kernel builds it).
+    fn absolute_redirect(&self, node: &Arc<Node>) -> io::Result<Vec<u8>> {
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut cur = node.clone();
+        loop {
+            let parent = cur.state().parent.clone();
+            let Some(parent) = parent else { break };
+            match self.redirect_of_node(&cur)? {
+                Some(r) if r.first() == Some(&b'/') => {
+                    parts.push(r[1..].to_vec());
+                    break;
+                }
+                Some(r) => parts.push(r),
+                None => parts.push(cur.state().name.as_bytes().to_vec()),
+            }
+            cur = parent;
+        }
+        let mut out = Vec::new();
+        for part in parts.iter().rev() {
+            out.push(b'/');
+            out.extend_from_slice(part);
+        }
+        Ok(out)
     }
 
     fn exchange(
