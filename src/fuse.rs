@@ -101,7 +101,12 @@ pub struct StrataFs {
     backing: DashMap<u64, Weak<BackingId>>,
     /// Handle -> backing id it holds, released with the handle.
     handle_backing: DashMap<u64, Arc<BackingId>>,
-    /// Serialises creation of a backing id per inode (rare: only on first open).
+    /// Open handles per inode that do not use passthrough: the kernel refuses passthrough
+    /// opens of an inode while such handles exist (and vice versa).
+    cached_opens: DashMap<u64, u32>,
+    /// Handle -> inode, for handles counted in `cached_opens`.
+    cached_handles: DashMap<u64, u64>,
+    /// Serialises the choice of I/O mode per open (rare: only opens).
     backing_lock: Mutex<()>,
 }
 
@@ -113,11 +118,15 @@ impl StrataFs {
             passthrough: try_passthrough,
             backing: DashMap::new(),
             handle_backing: DashMap::new(),
+            cached_opens: DashMap::new(),
+            cached_handles: DashMap::new(),
             backing_lock: Mutex::new(()),
         }
     }
 
-    /// The backing id for a passthrough open of `ino`, shared with its other open handles.
+    /// The backing id for a passthrough open of `ino`, shared with its other open handles;
+    /// None when this open must use the normal read/write path (the handle is then counted,
+    /// so no passthrough open of the inode is attempted while it lives).
     fn open_passthrough(
         &self,
         ino: u64,
@@ -126,14 +135,38 @@ impl StrataFs {
         open_backing: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
         let _g = self.backing_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(id) = self.backing.get(&ino).and_then(|w| w.upgrade()) {
-            self.handle_backing.insert(fh, id.clone());
-            return Some(id);
+        let id = if !self.passthrough
+            || !self.union.data_settled(ino)
+            || self.cached_opens.get(&ino).is_some_and(|n| *n > 0)
+        {
+            None
+        } else if let Some(id) = self.backing.get(&ino).and_then(|w| w.upgrade()) {
+            Some(id)
+        } else {
+            open_backing(file).ok().map(Arc::new)
+        };
+        match &id {
+            Some(id) => {
+                self.backing.insert(ino, Arc::downgrade(id));
+                self.handle_backing.insert(fh, id.clone());
+            }
+            None => {
+                *self.cached_opens.entry(ino).or_insert(0) += 1;
+                self.cached_handles.insert(fh, ino);
+            }
         }
-        let id = Arc::new(open_backing(file).ok()?);
-        self.backing.insert(ino, Arc::downgrade(&id));
-        self.handle_backing.insert(fh, id.clone());
-        Some(id)
+        id
+    }
+
+    fn release_handle(&self, fh: u64) {
+        self.handle_backing.remove(&fh);
+        if let Some((_, ino)) = self.cached_handles.remove(&fh) {
+            let _g = self.backing_lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.cached_opens.remove_if_mut(&ino, |_, n| {
+                *n -= 1;
+                *n == 0
+            });
+        }
     }
 }
 
@@ -201,9 +234,7 @@ impl Filesystem for StrataFs {
             Ok(v) => v,
             Err(e) => return reply.error(errno(e)),
         };
-        if self.passthrough
-            && let Some(id) = self.open_passthrough(ino.0, fh, &file, |f| reply.open_backing(f))
-        {
+        if let Some(id) = self.open_passthrough(ino.0, fh, &file, |f| reply.open_backing(f)) {
             // The kernel refuses any other open flag with passthrough (EIO).
             return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
         }
@@ -249,7 +280,7 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handle_backing.remove(&fh.0);
+        self.release_handle(fh.0);
         self.union.release(fh.0);
         reply.ok();
     }
@@ -494,9 +525,7 @@ impl Filesystem for StrataFs {
             Err(e) => return reply.error(errno(e)),
         };
         let generation = Generation(node.generation);
-        if self.passthrough
-            && let Some(id) = self.open_passthrough(node.id, fh, &file, |f| reply.open_backing(f))
-        {
+        if let Some(id) = self.open_passthrough(node.id, fh, &file, |f| reply.open_backing(f)) {
             return reply.created_passthrough(
                 &self.ttl,
                 &attr(&st),

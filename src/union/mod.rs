@@ -145,6 +145,16 @@ impl Union {
         Ok(u)
     }
 
+    /// Whether a file's data can no longer change place: it is in the upper layer, or there
+    /// is no upper to copy it to. Only such files may be served by FUSE passthrough, whose
+    /// backing file is fixed per inode while any handle is open.
+    pub fn data_settled(&self, id: u64) -> bool {
+        !self.has_upper()
+            || self
+                .node(id)
+                .is_ok_and(|n| Self::in_upper(&n.state().place))
+    }
+
     pub fn has_upper(&self) -> bool {
         self.layers.first().is_some_and(|l| l.upper)
     }
@@ -256,7 +266,8 @@ impl Union {
         }
     }
 
-    /// Opens a file for reading. Returns the handle and the file (for FUSE passthrough).
+    /// Opens a file (copying it up first for writing). Returns the handle and the file, for
+    /// FUSE passthrough.
     pub fn open(&self, id: u64, flags: i32) -> io::Result<(u64, Arc<File>)> {
         let node = self.node(id)?;
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;

@@ -344,9 +344,10 @@ impl Union {
         } else {
             self.whiteout(pdir, name)?;
         }
-        // The last name gone: open handles keep the data, stat says nlink 0.
+        // The last name gone: open handles keep the data, stat says nlink 0. (A lower file
+        // is only hidden: like the kernel, fstat through an open fd still sees its real links.)
         let last =
-            node.is_dir || !in_upper || self.getattr(node.id).map_or(true, |st| st.st_nlink == 0);
+            node.is_dir || (in_upper && self.getattr(node.id).map_or(true, |st| st.st_nlink == 0));
         if last {
             node.unlinked.store(true, Ordering::Relaxed);
             if node.opens.load(Ordering::Relaxed) == 0 {
@@ -653,12 +654,15 @@ impl Union {
         b: &Arc<Node>,
         bn: &OsStr,
     ) -> io::Result<()> {
-        // Both names keep existing, so no whiteout is needed; lower-only dirs can't move yet.
-        for n in [a, b] {
-            if n.is_dir && !Self::in_upper(&n.state().place) {
-                return Err(err(libc::EXDEV));
-            }
-            self.copy_up(n)?;
+        // Both names keep existing, so no whiteout is needed; each directory that moves gets
+        // its redirect (or opacity) as in a plain rename.
+        self.copy_up(a)?;
+        self.copy_up(b)?;
+        if a.is_dir {
+            self.prepare_dir_move(p, a, an, np, bn)?;
+        }
+        if b.is_dir {
+            self.prepare_dir_move(np, b, bn, p, an)?;
         }
         let pdir = self.upper_dir(p)?;
         let npdir = self.upper_dir(np)?;
