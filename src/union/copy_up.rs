@@ -71,17 +71,21 @@ impl Union {
                 let ust = sys::stat_fd(fd.as_fd())?;
                 copies.insert(0, DirCopy::new(0, fd, &ust, true));
             }
-            Place::Leaf { dir, .. } => {
-                let st = sys::stat_at(dir.as_fd(), &name)?;
+            Place::Leaf {
+                dir, name: real, ..
+            } => {
+                let (dir, real) = (dir.clone(), real.clone());
+                let st = sys::stat_at(dir.as_fd(), &real)?;
                 let tmp = self.stage_name();
                 let work = self.work()?.as_fd();
-                let staged = stage_object(dir.as_fd(), &name, &st, work, &tmp)
-                    .and_then(|()| self.finish_copy(dir.as_fd(), &name, &st, work, &tmp))
+                let staged = stage_object(dir.as_fd(), &real, &st, work, &tmp)
+                    .and_then(|()| self.finish_copy(dir.as_fd(), &real, &st, work, &tmp))
                     .and_then(|()| self.record_ino(work, &tmp, node.ino));
                 self.place_staged(staged, work, &tmp, pdir.as_fd(), &name, false)?;
                 s.place = Place::Leaf {
                     layer: 0,
                     dir: pdir.clone(),
+                    name: name.clone(),
                 };
             }
         }

@@ -23,8 +23,13 @@ pub const ROOT_ID: u64 = 1;
 pub enum Place {
     /// A directory: its copies, topmost first, down to the first opaque one.
     Dir(Vec<DirCopy>),
-    /// Any other file: the layer and directory holding it (no fd per file is kept open).
-    Leaf { layer: usize, dir: Arc<OwnedFd> },
+    /// Any other file: the layer, directory and name holding it (no fd per file is kept
+    /// open). The name differs from the merged one for hidden links and index entries.
+    Leaf {
+        layer: usize,
+        dir: Arc<OwnedFd>,
+        name: OsString,
+    },
 }
 
 pub struct NodeState {

@@ -94,6 +94,7 @@ pub fn resolve(layers: &[Layer], parent: &[DirCopy], name: &OsStr) -> io::Result
                 let place = Place::Leaf {
                     layer: copy.layer,
                     dir: copy.fd.clone(),
+                    name: look.clone(),
                 };
                 return Ok((place, st));
             }

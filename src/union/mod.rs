@@ -178,7 +178,7 @@ impl Union {
             };
             lookup::resolve(&self.layers, copies, name)?
         };
-        let ino = self.stable_ino(&place, name, &st)?;
+        let ino = self.stable_ino(&place, &st)?;
         let is_dir = matches!(place, Place::Dir(_));
         let node = self.nodes.intern(ino, is_dir, || NodeState {
             parent: Some(pnode.clone()),
@@ -190,11 +190,13 @@ impl Union {
     }
 
     /// `st_ino` of an entry: its origin's number if it was copied up, else its real one.
-    fn stable_ino(&self, place: &Place, name: &OsStr, st: &Stat) -> io::Result<u64> {
+    fn stable_ino(&self, place: &Place, st: &Stat) -> io::Result<u64> {
         let recorded = match place {
-            Place::Leaf { layer: 0, dir } if self.has_upper() => {
-                sys::get_xattr_value(dir.as_fd(), name, &self.ino_xattr)?
-            }
+            Place::Leaf {
+                layer: 0,
+                dir,
+                name,
+            } if self.has_upper() => sys::get_xattr_value(dir.as_fd(), name, &self.ino_xattr)?,
             Place::Dir(copies) if copies[0].upper() => {
                 sys::get_xattr_value(copies[0].fd.as_fd(), OsStr::new(""), &self.ino_xattr)?
             }
@@ -251,7 +253,7 @@ impl Union {
             let s = node.state();
             match &s.place {
                 Place::Dir(copies) => sys::stat_fd(copies[0].fd.as_fd())?,
-                Place::Leaf { dir, .. } => sys::stat_at(dir.as_fd(), &s.name)?,
+                Place::Leaf { dir, name, .. } => sys::stat_at(dir.as_fd(), name)?,
             }
         };
         Ok(self.fix_stat(&node, st))
@@ -261,7 +263,7 @@ impl Union {
         let node = self.node(id)?;
         let s = node.state();
         match &s.place {
-            Place::Leaf { dir, .. } => sys::readlink_at(dir.as_fd(), &s.name),
+            Place::Leaf { dir, name, .. } => sys::readlink_at(dir.as_fd(), name),
             Place::Dir(_) => Err(err(libc::EINVAL)),
         }
     }
@@ -277,7 +279,7 @@ impl Union {
         let file = {
             let s = node.state();
             match &s.place {
-                Place::Leaf { dir, .. } => sys::open_file_at(dir.as_fd(), &s.name, flags)?,
+                Place::Leaf { dir, name, .. } => sys::open_file_at(dir.as_fd(), name, flags)?,
                 Place::Dir(_) => return Err(err(libc::EISDIR)),
             }
         };
@@ -459,7 +461,7 @@ impl Union {
         let s = node.state();
         match &s.place {
             Place::Dir(copies) => f(copies[0].fd.as_fd(), OsStr::new("")),
-            Place::Leaf { dir, .. } => f(dir.as_fd(), &s.name),
+            Place::Leaf { dir, name, .. } => f(dir.as_fd(), name),
         }
     }
 

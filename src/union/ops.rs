@@ -237,7 +237,7 @@ impl Union {
         let (src_dir, src_name) = {
             let s = node.state();
             match &s.place {
-                Place::Leaf { dir, .. } => (dir.clone(), s.name.clone()),
+                Place::Leaf { dir, name, .. } => (dir.clone(), name.clone()),
                 Place::Dir(_) => return Err(err(libc::EPERM)),
             }
         };
@@ -378,8 +378,8 @@ impl Union {
             s.place = Place::Leaf {
                 layer: 0,
                 dir: work.clone(),
+                name: tmp.clone(),
             };
-            s.name = tmp.clone();
             *hidden = Some(tmp);
         }
         Ok(())
@@ -399,7 +399,7 @@ impl Union {
         let (dir, name): (Arc<OwnedFd>, OsString) = {
             let s = node.state();
             match &s.place {
-                Place::Leaf { dir, .. } => (dir.clone(), s.name.clone()),
+                Place::Leaf { dir, name, .. } => (dir.clone(), name.clone()),
                 Place::Dir(copies) => (copies[0].fd.clone(), OsString::from(".")),
             }
         };
@@ -560,8 +560,14 @@ impl Union {
             let mut s = src.state_mut();
             s.parent = Some(np.clone());
             s.name = newname.to_owned();
-            if let Place::Leaf { dir, .. } = &mut s.place {
+            // A file reached through a hidden link or the index stays where it is.
+            if let Place::Leaf {
+                dir, name: real, ..
+            } = &mut s.place
+                && Arc::ptr_eq(dir, &pdir)
+            {
                 *dir = npdir.clone();
+                *real = newname.to_owned();
             }
             Ok(())
         })();
@@ -669,12 +675,18 @@ impl Union {
         sys::rename_at(pdir.as_fd(), an, npdir.as_fd(), bn, RenameMode::Exchange)?;
         self.mark_impure(pdir.as_fd());
         self.mark_impure(npdir.as_fd());
-        for (n, parent, name, dir) in [(a, np, bn, &npdir), (b, p, an, &pdir)] {
+        for (n, parent, from, name, dir) in [(a, np, &pdir, bn, &npdir), (b, p, &npdir, an, &pdir)]
+        {
             let mut s = n.state_mut();
             s.parent = Some(parent.clone());
             s.name = name.to_owned();
-            if let Place::Leaf { dir: d, .. } = &mut s.place {
+            if let Place::Leaf {
+                dir: d, name: real, ..
+            } = &mut s.place
+                && Arc::ptr_eq(d, from)
+            {
                 *d = dir.clone();
+                *real = name.to_owned();
             }
         }
         Ok(())
