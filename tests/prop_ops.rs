@@ -5,7 +5,7 @@
 //! trees must match, and strata's tree must match again after unmount + remount.
 //!
 //! `PROPTEST_CASES` sets the number of sequences (default 24). Failures shrink to a minimal
-//! sequence. Lower hard-link groups are left out until the index is implemented.
+//! sequence.
 
 mod common;
 
@@ -150,7 +150,8 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The lower layers: files, dirs, a symlink, a char-device whiteout, an opaque dir.
+/// The lower layers: files, dirs, a hard-link group, a symlink, a char-device whiteout, an
+/// opaque dir.
 fn layers(fx: &Fixture) {
     let (top, low) = (fx.layer(0), fx.layer(1));
     write(&low.join("x"), b"lower x");
@@ -159,6 +160,9 @@ fn layers(fx: &Fixture) {
     write(&low.join("a/y"), b"a/y");
     write(&low.join("a/c/x"), b"a/c/x");
     write(&low.join("b/x"), b"b/x");
+    // A lower hard-link group spanning two directories.
+    fs::hard_link(low.join("x"), low.join("a/c/y")).unwrap();
+    fs::hard_link(low.join("x"), low.join("a/c/b")).unwrap();
     mkdir(&low.join("b/a"));
     set_xattr(&low.join("a/y"), "user.tag", b"lower");
     fs::set_permissions(low.join("a/c"), fs::Permissions::from_mode(0o750)).unwrap();

@@ -78,9 +78,7 @@ impl Union {
                 let st = sys::stat_at(dir.as_fd(), &real)?;
                 let tmp = self.stage_name();
                 let work = self.work()?.as_fd();
-                let staged = stage_object(dir.as_fd(), &real, &st, work, &tmp)
-                    .and_then(|()| self.finish_copy(dir.as_fd(), &real, &st, work, &tmp))
-                    .and_then(|()| self.record_ino(work, &tmp, node.ino));
+                let staged = self.stage_leaf(node, dir.as_fd(), &real, &st, work, &tmp);
                 self.place_staged(staged, work, &tmp, pdir.as_fd(), &name, false)?;
                 s.place = Place::Leaf {
                     layer: 0,
@@ -93,6 +91,122 @@ impl Union {
         // Linking into the parent changed its times; the copy must keep the original ones.
         restore_times(pdir.as_fd(), &pstat);
         Ok(())
+    }
+
+    /// Stages the upper copy of a non-directory at `work/tmp`. A member of a lower hard-link
+    /// group goes through the index: the first copy is linked there too (with the count of
+    /// lower names left), later members just link the indexed copy.
+    fn stage_leaf(
+        &self,
+        node: &Node,
+        dir: BorrowedFd<'_>,
+        real: &OsStr,
+        st: &Stat,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+    ) -> io::Result<()> {
+        let index = self.index.as_ref().filter(|_| st.st_nlink > 1);
+        let Some(index) = index else {
+            stage_object(dir, real, st, work, tmp)?;
+            self.finish_copy(dir, real, st, work, tmp)?;
+            return self.record_ino(work, tmp, node.ino);
+        };
+        let entry = super::index_name(node.ino);
+        if sys::exists_at(index.as_fd(), &entry)? {
+            sys::link_at(index.as_fd(), &entry, work, tmp)?;
+            let rest = self.lower_rest(work, tmp)?.unwrap_or(1);
+            return self.set_lower_rest(work, tmp, rest.saturating_sub(1));
+        }
+        stage_object(dir, real, st, work, tmp)?;
+        self.finish_copy(dir, real, st, work, tmp)?;
+        self.record_ino(work, tmp, node.ino)?;
+        self.set_lower_rest(work, tmp, st.st_nlink - 1)?;
+        sys::link_at(work, tmp, index.as_fd(), &entry)
+    }
+
+    /// A lower name of a hard-link group is going away: the group's count of lower names
+    /// drops. A group without an upper copy gets one, in the index only, so the other names
+    /// report the right link count (as the kernel's index does).
+    pub(super) fn forget_lower_name(&self, node: &Node) -> io::Result<()> {
+        let Some(index) = self.index.clone() else {
+            return Ok(());
+        };
+        let mut s = node.state_mut();
+        match &s.place {
+            Place::Leaf {
+                layer: 0,
+                dir,
+                name,
+            } => {
+                if let Some(rest) = self.lower_rest(dir.as_fd(), name)? {
+                    self.set_lower_rest(dir.as_fd(), name, rest.saturating_sub(1))?;
+                }
+                Ok(())
+            }
+            Place::Leaf { dir, name, .. } => {
+                let st = sys::stat_at(dir.as_fd(), name)?;
+                if st.st_nlink <= 1 {
+                    return Ok(());
+                }
+                let work = self.work()?.as_fd();
+                let tmp = self.stage_name();
+                let entry = super::index_name(node.ino);
+                let staged = stage_object(dir.as_fd(), name, &st, work, &tmp)
+                    .and_then(|()| self.finish_copy(dir.as_fd(), name, &st, work, &tmp))
+                    .and_then(|()| self.record_ino(work, &tmp, node.ino))
+                    .and_then(|()| self.set_lower_rest(work, &tmp, st.st_nlink - 1));
+                self.place_staged(staged, work, &tmp, index.as_fd(), &entry, false)?;
+                s.place = Place::Leaf {
+                    layer: 0,
+                    dir: index,
+                    name: entry,
+                };
+                Ok(())
+            }
+            Place::Dir(_) => Ok(()),
+        }
+    }
+
+    /// Whether `name` in the upper directory `pdir` is a real entry (not absent, not a
+    /// whiteout).
+    pub(super) fn name_in_upper(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
+        match sys::stat_at(pdir, name) {
+            Ok(st) => Ok(!(st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives a file whose inode is already in the upper layer (through the index or a hidden
+    /// link) the upper name `name` in `pdir`, where it so far exists only in a lower layer.
+    pub(super) fn link_name_up(
+        &self,
+        node: &Node,
+        pdir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> io::Result<()> {
+        let (dir, real) = match &node.state().place {
+            Place::Leaf {
+                layer: 0,
+                dir,
+                name,
+            } => (dir.clone(), name.clone()),
+            _ => return Err(err(libc::EIO)),
+        };
+        let work = self.work()?.as_fd();
+        let tmp = self.stage_name();
+        sys::link_at(dir.as_fd(), &real, work, &tmp)?;
+        let r = self
+            .lower_rest(work, &tmp)
+            .and_then(|rest| match rest {
+                Some(n) => self.set_lower_rest(work, &tmp, n.saturating_sub(1)),
+                None => Ok(()),
+            })
+            .and_then(|()| sys::rename_at(work, &tmp, pdir, name, RenameMode::NoReplace));
+        if r.is_err() {
+            let _ = sys::unlink_at(work, &tmp, false);
+        }
+        r
     }
 
     /// Records the stable inode number on a staged copy, so the file keeps its `st_ino`

@@ -47,6 +47,8 @@ pub struct Stack {
 /// Where copy-ups and new entries are staged, inside the workdir (the kernel's name for it,
 /// so a workdir stays usable by kernel overlayfs).
 const STAGING: &str = "work";
+/// strata's hard-link index, beside the staging directory.
+const INDEX: &str = "strata-index";
 
 /// A listing snapshot for one open directory.
 struct DirHandle {
@@ -73,14 +75,22 @@ pub struct Union {
     ino_xattr: Vec<u8>,
     /// `overlay.impure`: set on upper directories holding such objects (the kernel's name).
     impure_xattr: Vec<u8>,
+    /// `workdir/strata-index`: one link per lower hard-link group that has an upper copy, so
+    /// every name of the group finds the same upper file, also after remount.
+    index: Option<Arc<OwnedFd>>,
+    /// `overlay.strata.nlink` on an indexed file: its lower names not (yet) in the upper.
+    nlink_xattr: Vec<u8>,
 }
 
 impl Union {
     pub fn new(stack: Stack, whiteout: crate::options::WhiteoutFormat) -> io::Result<Self> {
-        let work = match (&stack.upper, &stack.work) {
-            (Some(_), Some(w)) => Some(Arc::new(prepare_work(w.as_fd())?)),
+        let (work, index) = match (&stack.upper, &stack.work) {
+            (Some(_), Some(w)) => (
+                Some(Arc::new(prepare_work(w.as_fd())?)),
+                Some(Arc::new(open_or_make_dir(w.as_fd(), INDEX)?)),
+            ),
             (Some(_), None) => return Err(err(libc::EINVAL)),
-            _ => None,
+            _ => (None, None),
         };
         let privileged = sys::is_root();
         let prefix: &'static [u8] = if privileged {
@@ -122,6 +132,8 @@ impl Union {
             chardev_whiteouts,
             ino_xattr: [prefix, b"strata.ino"].concat(),
             impure_xattr: [prefix, b"impure"].concat(),
+            index,
+            nlink_xattr: [prefix, b"strata.nlink"].concat(),
         };
         // The root merges every layer; opacity of a layer root is ignored, as in the kernel.
         let mut copies = Vec::new();
@@ -179,6 +191,7 @@ impl Union {
             lookup::resolve(&self.layers, copies, name)?
         };
         let ino = self.stable_ino(&place, &st)?;
+        let (place, st) = self.indexed_place(place, st, ino)?;
         let is_dir = matches!(place, Place::Dir(_));
         let node = self.nodes.intern(ino, is_dir, || NodeState {
             parent: Some(pnode.clone()),
@@ -221,6 +234,48 @@ impl Union {
         }
     }
 
+    /// A lower file with several links whose group already has an upper copy is that copy.
+    fn indexed_place(&self, place: Place, st: Stat, ino: u64) -> io::Result<(Place, Stat)> {
+        if let (Place::Leaf { layer, .. }, Some(index)) = (&place, &self.index)
+            && *layer != 0
+            && st.st_nlink > 1
+        {
+            let name = index_name(ino);
+            match sys::stat_at(index.as_fd(), &name) {
+                Ok(ist) => {
+                    let place = Place::Leaf {
+                        layer: 0,
+                        dir: index.clone(),
+                        name,
+                    };
+                    return Ok((place, ist));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((place, st))
+    }
+
+    /// Lower names of an indexed file not yet in the upper layer (None: not indexed).
+    pub(super) fn lower_rest(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> io::Result<Option<u64>> {
+        let v = sys::get_xattr_value(dir, name, &self.nlink_xattr)?;
+        Ok(v.and_then(|v| v.try_into().ok().map(u64::from_le_bytes)))
+    }
+
+    pub(super) fn set_lower_rest(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+        n: u64,
+    ) -> io::Result<()> {
+        sys::set_xattr(dir, name, &self.nlink_xattr, &n.to_le_bytes(), 0)
+    }
+
     /// Presents a real stat as the union's: stable inode number, and nlink 1 for merged
     /// directories (their real link count cannot be known, the kernel does the same).
     fn fix_stat(&self, node: &Node, mut st: Stat) -> Stat {
@@ -229,6 +284,17 @@ impl Union {
             st.st_nlink = 0;
         } else if node.hidden_link.lock().is_ok_and(|h| h.is_some()) {
             st.st_nlink = st.st_nlink.saturating_sub(1);
+        } else if self.index.is_some()
+            && !node.is_dir
+            && let Place::Leaf {
+                layer: 0,
+                dir,
+                name,
+            } = &node.state().place
+            && let Ok(Some(rest)) = self.lower_rest(dir.as_fd(), name)
+        {
+            // Upper links other than the index's, plus the lower names still standing.
+            st.st_nlink = (st.st_nlink.saturating_sub(1) + rest) as _;
         }
         if let Place::Dir(copies) = &node.state().place
             && copies.len() > 1
@@ -490,14 +556,23 @@ impl Union {
 
 /// Opens (creating if needed) `workdir/work` and clears what a crash left in it.
 fn prepare_work(workdir: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let name = OsStr::new(STAGING);
-    match sys::mkdir_at(workdir, name, 0o700) {
+    let work = open_or_make_dir(workdir, STAGING)?;
+    ops::clear_dir(work.as_fd())?;
+    Ok(work)
+}
+
+fn open_or_make_dir(parent: std::os::fd::BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+    let name = OsStr::new(name);
+    match sys::mkdir_at(parent, name, 0o700) {
         Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
         _ => {}
     }
-    let work = sys::open_dir_at(workdir, name)?;
-    ops::clear_dir(work.as_fd())?;
-    Ok(work)
+    sys::open_dir_at(parent, name)
+}
+
+/// Name of a hard-link group's entry in the index: its stable inode number.
+fn index_name(ino: u64) -> OsString {
+    OsString::from(format!("{ino:016x}"))
 }
 
 #[cfg(test)]

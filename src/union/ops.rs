@@ -4,7 +4,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -309,8 +309,16 @@ impl Union {
         let pdir = self.upper_dir(p)?;
         let pdir = pdir.as_fd();
         let below = self.lower_has(p, name)?;
-        let in_upper = Self::in_upper(&node.state().place);
+        let in_upper = if dir {
+            Self::in_upper(&node.state().place)
+        } else {
+            self.name_in_upper(pdir, name)?
+        };
         let work = self.work()?.as_fd();
+        if !dir && !in_upper {
+            // Only a lower name goes: its hard-link group (if any) loses a member.
+            self.forget_lower_name(node)?;
+        }
         if in_upper {
             if dir {
                 // Move the upper copy out (leaving a whiteout if a lower copy must stay
@@ -346,8 +354,9 @@ impl Union {
         }
         // The last name gone: open handles keep the data, stat says nlink 0. (A lower file
         // is only hidden: like the kernel, fstat through an open fd still sees its real links.)
-        let last =
-            node.is_dir || (in_upper && self.getattr(node.id).map_or(true, |st| st.st_nlink == 0));
+        let last = node.is_dir
+            || (Self::in_upper(&node.state().place)
+                && self.getattr(node.id).map_or(true, |st| st.st_nlink == 0));
         if last {
             node.unlinked.store(true, Ordering::Relaxed);
             if node.opens.load(Ordering::Relaxed) == 0 {
@@ -365,9 +374,28 @@ impl Union {
         pdir: BorrowedFd<'_>,
         name: &OsStr,
     ) -> io::Result<()> {
+        // Only a node reached through this very name needs a new way in.
+        let here = matches!(&node.state().place,
+            Place::Leaf { dir, name: real, .. }
+                if real.as_os_str() == name && dir.as_raw_fd() == pdir.as_raw_fd());
+        if !here {
+            return Ok(());
+        }
         let st = sys::stat_at(pdir, name)?;
         if node.opens.load(Ordering::Relaxed) == 0 && st.st_nlink <= 1 {
             return Ok(());
+        }
+        // An indexed file is always reachable through its index entry.
+        if let Some(index) = &self.index {
+            let entry = super::index_name(node.ino);
+            if sys::exists_at(index.as_fd(), &entry)? {
+                node.state_mut().place = Place::Leaf {
+                    layer: 0,
+                    dir: index.clone(),
+                    name: entry,
+                };
+                return Ok(());
+            }
         }
         let mut hidden = node.hidden_link.lock().unwrap_or_else(|p| p.into_inner());
         if hidden.is_none() {
@@ -524,6 +552,18 @@ impl Union {
             let below = self.lower_has(p, name)?;
             if src.is_dir {
                 self.prepare_dir_move(p, src, name, np, newname)?;
+            } else if !self.name_in_upper(pdir.as_fd(), name)? {
+                self.link_name_up(src, pdir.as_fd(), name)?;
+            }
+            if let Some(t) = &target
+                && !t.is_dir
+            {
+                if self.name_in_upper(npdir.as_fd(), newname)? {
+                    // The replaced file may live on under other names or open handles.
+                    self.keep_reachable(t, npdir.as_fd(), newname)?;
+                } else {
+                    self.forget_lower_name(t)?;
+                }
             }
             let target_hole = match &target {
                 Some(t) if !t.is_dir && Self::in_upper(&t.state().place) => Hole::Empty,
@@ -552,8 +592,11 @@ impl Union {
             if target_hole == Hole::OciWhiteout {
                 sys::unlink_at(npdir.as_fd(), &oci_name(newname), false)?;
             }
+            // The replaced file is gone only if that was its last name.
             if let Some(t) = &target
                 && !t.is_dir
+                && Self::in_upper(&t.state().place)
+                && self.getattr(t.id).map_or(true, |st| st.st_nlink == 0)
             {
                 t.unlinked.store(true, Ordering::Relaxed);
             }
@@ -664,14 +707,17 @@ impl Union {
         // its redirect (or opacity) as in a plain rename.
         self.copy_up(a)?;
         self.copy_up(b)?;
-        if a.is_dir {
-            self.prepare_dir_move(p, a, an, np, bn)?;
-        }
-        if b.is_dir {
-            self.prepare_dir_move(np, b, bn, p, an)?;
-        }
         let pdir = self.upper_dir(p)?;
         let npdir = self.upper_dir(np)?;
+        for (n, parent, dir, name, other_parent, other) in
+            [(a, p, &pdir, an, np, bn), (b, np, &npdir, bn, p, an)]
+        {
+            if n.is_dir {
+                self.prepare_dir_move(parent, n, name, other_parent, other)?;
+            } else if !self.name_in_upper(dir.as_fd(), name)? {
+                self.link_name_up(n, dir.as_fd(), name)?;
+            }
+        }
         sys::rename_at(pdir.as_fd(), an, npdir.as_fd(), bn, RenameMode::Exchange)?;
         self.mark_impure(pdir.as_fd());
         self.mark_impure(npdir.as_fd());
