@@ -92,7 +92,7 @@ impl Union {
             (Some(_), None) => return Err(err(libc::EINVAL)),
             _ => (None, None),
         };
-        let privileged = sys::is_root();
+        let privileged = work.as_ref().is_some_and(|w| can_set_trusted(w.as_fd()));
         let prefix: &'static [u8] = if privileged {
             b"trusted.overlay."
         } else {
@@ -559,6 +559,19 @@ fn prepare_work(workdir: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let work = open_or_make_dir(workdir, STAGING)?;
     ops::clear_dir(work.as_fd())?;
     Ok(work)
+}
+
+/// Whether `trusted.*` xattrs can be written here: they need CAP_SYS_ADMIN in the initial
+/// user namespace, which root inside `unshare -Ur` does not have. Without them the union's
+/// own xattrs go to `user.overlay.*`, as the kernel's `userxattr` mode does.
+fn can_set_trusted(dir: std::os::fd::BorrowedFd<'_>) -> bool {
+    let key = b"trusted.overlay.strata-probe";
+    let here = OsStr::new("");
+    let ok = sys::set_xattr(dir, here, key, b"", 0).is_ok();
+    if ok {
+        let _ = sys::remove_xattr(dir, here, key);
+    }
+    ok
 }
 
 fn open_or_make_dir(parent: std::os::fd::BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
