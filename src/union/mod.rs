@@ -61,7 +61,9 @@ pub struct Union {
     layers: Vec<Layer>,
     nodes: NodeTable,
     inos: InoMap,
-    files: DashMap<u64, (Arc<Node>, Arc<File>)>,
+    /// Open files: node, file, and whether it was opened on a lower copy (such a handle
+    /// follows a later copy-up).
+    files: DashMap<u64, (Arc<Node>, Arc<File>, bool)>,
     dirs: DashMap<u64, Arc<Mutex<DirHandle>>>,
     next_fh: AtomicU64,
     /// `workdir/work`, where objects are built before being renamed into the upper.
@@ -355,12 +357,13 @@ impl Union {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let file = Arc::new(file);
         node.opens.fetch_add(1, Ordering::Relaxed);
-        self.files.insert(fh, (node, file.clone()));
+        let lower = !Self::in_upper(&node.state().place);
+        self.files.insert(fh, (node, file.clone(), lower));
         Ok((fh, file))
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
-        let file = self.file(fh)?;
+        let file = self.file_current(fh)?;
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         // Short reads only at EOF: the kernel would fill the rest with zeroes otherwise.
@@ -376,8 +379,36 @@ impl Union {
         Ok(buf)
     }
 
+    /// The file behind a handle for reading. A handle opened on a lower file whose node has
+    /// been copied up since reads the upper copy from then on, as kernel overlayfs (4.19+)
+    /// switches such a file to the upper one.
+    fn file_current(&self, fh: u64) -> io::Result<Arc<File>> {
+        let (node, file, lower) = self
+            .files
+            .get(&fh)
+            .map(|h| h.value().clone())
+            .ok_or_else(|| err(libc::EBADF))?;
+        if !lower || !Self::in_upper(&node.state().place) {
+            return Ok(file);
+        }
+        let upper = {
+            let s = node.state();
+            match &s.place {
+                Place::Leaf { dir, name, .. } => {
+                    Arc::new(sys::open_file_at(dir.as_fd(), name, libc::O_RDONLY)?)
+                }
+                Place::Dir(_) => return Err(err(libc::EISDIR)),
+            }
+        };
+        if let Some(mut h) = self.files.get_mut(&fh) {
+            h.1 = upper.clone();
+            h.2 = false;
+        }
+        Ok(upper)
+    }
+
     pub fn release(&self, fh: u64) {
-        if let Some((_, (node, _))) = self.files.remove(&fh)
+        if let Some((_, (node, _, _))) = self.files.remove(&fh)
             && node.opens.fetch_sub(1, Ordering::Relaxed) == 1
             && node.unlinked.load(Ordering::Relaxed)
         {
