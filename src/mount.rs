@@ -221,7 +221,9 @@ fn fuse_config(req: &MountRequest, has_upper: bool) -> Config {
     }
     let mut cfg = Config::default();
     cfg.mount_options = opts;
-    cfg.acl = if o.allow_other {
+    // As root, everyone may use the mount, as with kernel overlayfs (a rootful container runs
+    // processes as many users); the kernel still checks each access (default_permissions).
+    cfg.acl = if o.allow_other || sys::is_root() {
         SessionACL::All
     } else if o.allow_root {
         SessionACL::RootAndOwner

@@ -66,11 +66,12 @@ pub fn stat_fd(fd: BorrowedFd<'_>) -> io::Result<Stat> {
     Ok(rustix::fs::fstat(fd)?)
 }
 
-/// Whether `name` exists in `dir` (without following it).
+/// Whether `name` exists in `dir` (without following it). A name too long to exist (such as
+/// `.wh.` + a 255-byte name) does not.
 pub fn exists_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
     match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(_) => Ok(true),
-        Err(rustix::io::Errno::NOENT) => Ok(false),
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NAMETOOLONG) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
