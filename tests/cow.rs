@@ -398,3 +398,60 @@ fn lower_directory_renames_match_kernel() {
         "strata over the kernel's upper",
     );
 }
+
+/// A directory renamed, then the upper layer rotated down under a new upper, then renamed
+/// again (what `unionmount-testsuite --ov=3` does): redirects of lower layers chain.
+#[test]
+fn renames_across_rotated_layers_match_kernel() {
+    if !require_mount_env("renames_across_rotated_layers_match_kernel") {
+        return;
+    }
+    let steps: [&[(&str, &str)]; 3] = [
+        &[("d", "dx"), ("new", "")],
+        &[("dx", "e/d"), ("new", "moved")],
+        &[("e/d", "d"), ("moved", "new")],
+    ];
+    let run = |fx: &Fixture, kernel: bool| -> Vec<Tree> {
+        write(&fx.layer(0).join("d/a"), b"a");
+        write(&fx.layer(0).join("d/pop/b"), b"b");
+        mkdir(&fx.layer(0).join("e"));
+        let mut lowers = fx.layers.clone();
+        let mut views = Vec::new();
+        for (i, ops) in steps.iter().enumerate() {
+            let (u, w, m) = (
+                fx.path(&format!("u{i}")),
+                fx.path(&format!("w{i}")),
+                fx.path("m"),
+            );
+            let (mnt, guard): (_, Box<dyn std::any::Any>) = if kernel {
+                let k = KernelOverlay::with_upper(&lowers, &u, &w, &m);
+                (k.mnt.clone(), Box::new(k))
+            } else {
+                let s = StrataMount::with_upper(&lowers, &u, &w, &m);
+                (s.mnt.clone(), Box::new(s))
+            };
+            for (from, to) in ops.iter() {
+                if to.is_empty() {
+                    fs::create_dir(mnt.join(from)).unwrap();
+                    write(&mnt.join(from).join("f"), b"new");
+                } else {
+                    fs::rename(mnt.join(from), mnt.join(to)).unwrap();
+                }
+            }
+            views.push(if kernel {
+                kernel_snapshot(&mnt).0
+            } else {
+                snapshot(&mnt).0
+            });
+            drop(guard);
+            // The upper goes down the stack, a fresh one comes on top.
+            lowers.insert(0, u);
+        }
+        views
+    };
+    let kernel = run(&Fixture::new(1), true);
+    let strata = run(&Fixture::new(1), false);
+    for (i, (k, s)) in kernel.iter().zip(&strata).enumerate() {
+        assert_same(k, s, &format!("after rotation {i}"));
+    }
+}

@@ -38,6 +38,9 @@ pub struct NodeState {
     /// Name in the parent (for a lower hard-link group: the first name we met).
     pub name: OsString,
     pub place: Place,
+    /// For a directory renamed in the upper layer: its upper copy's redirect, from which the
+    /// next rename builds its own.
+    pub redirect: Option<Vec<u8>>,
 }
 
 pub struct Node {

@@ -31,111 +31,169 @@ pub fn redirect_of(dir: &DirCopy) -> io::Result<Option<Vec<u8>>> {
     Ok(None)
 }
 
-/// Outcome of following an absolute redirect in one lower layer.
+/// Outcome of following an absolute redirect in one layer.
 enum Walk {
-    Found(DirCopy),
+    /// The entry's stat and the fd of the directory holding it.
+    Found(Stat, Arc<std::os::fd::OwnedFd>),
     Missing,
     /// A whiteout or a non-directory on the way: no lower layer may supply the directory.
     Stop,
 }
 
-/// Follows an absolute redirect (`/a/b`) from the root of lower layer `layer`, one component
-/// at a time, never following symlinks.
+/// Follows an absolute redirect (`/a/b`) from the root of `layer`, one component at a time,
+/// never following symlinks.
 fn walk_abs(layers: &[Layer], layer: usize, path: &[u8]) -> io::Result<Walk> {
-    let mut cur = layers[layer].root.clone();
-    let mut st = sys::stat_fd(cur.as_fd())?;
-    for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+    let comps: Vec<&[u8]> = path
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    let Some((last, through)) = comps.split_last() else {
+        return Ok(Walk::Missing);
+    };
+    let mut dir = layers[layer].root.clone();
+    for comp in through {
         let comp = OsStr::from_bytes(comp);
-        st = match sys::stat_at(cur.as_fd(), comp) {
-            Ok(st) => st,
+        match sys::stat_at(dir.as_fd(), comp) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
+            Ok(_) => return Ok(Walk::Stop),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Walk::Missing),
             Err(e) => return Err(e),
-        };
-        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-            return Ok(Walk::Stop);
         }
-        cur = Arc::new(sys::open_path_at(cur.as_fd(), comp)?);
+        dir = Arc::new(sys::open_path_at(dir.as_fd(), comp)?);
     }
-    Ok(Walk::Found(DirCopy::new(layer, cur, &st, false)))
+    match sys::stat_at(dir.as_fd(), OsStr::from_bytes(last)) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Ok(Walk::Found(st, dir)),
+        Ok(_) => Ok(Walk::Stop),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Walk::Missing),
+        Err(e) => Err(e),
+    }
+}
+
+/// How the next layers are searched: by name in the parent's copies, or (after an absolute
+/// redirect) by path from each layer's root.
+enum Look {
+    Name(OsString),
+    Path(Vec<u8>),
+}
+
+/// A resolved entry: where it lives, the stat of its topmost copy, and for a directory the
+/// redirect on its upper copy (the kernel keeps the same, to build the next one from).
+pub struct Resolved {
+    pub place: Place,
+    pub stat: Stat,
+    pub redirect: Option<Vec<u8>>,
 }
 
 /// Resolves `name` below the copies of its parent directory (topmost first).
 ///
 /// The first non-directory wins; directories merge downwards until an opaque copy; a whiteout
 /// (or a non-directory under a directory) ends the search. A directory carrying a redirect
-/// (it was renamed) continues in the lower layers at the name or path it was renamed from.
-/// Returns where the entry lives and the stat of its topmost copy.
-pub fn resolve(layers: &[Layer], parent: &[DirCopy], name: &OsStr) -> io::Result<(Place, Stat)> {
+/// (it was renamed) continues in the lower layers at the name or path it was renamed from;
+/// redirects met in lower layers are followed too, as the kernel does.
+pub fn resolve(layers: &[Layer], parent: &[DirCopy], name: &OsStr) -> io::Result<Resolved> {
     // Whiteout files are the union's own markers, never entries of the merged view.
     if name.as_bytes().starts_with(WH_PREFIX) {
         return Err(enoent());
     }
     let mut dirs: Vec<DirCopy> = Vec::new();
     let mut top: Option<Stat> = None;
-    // The name looked up in the next copies: changed by a relative redirect.
-    let mut look: OsString = name.to_owned();
-    let mut absolute: Option<(usize, Vec<u8>)> = None;
-    for copy in parent {
-        let st = match sys::stat_at(copy.fd.as_fd(), &look) {
-            Ok(st) => st,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                if copy.oci_whiteout(&look)? {
+    let mut look = Look::Name(name.to_owned());
+    let mut redirect: Option<Vec<u8>> = None;
+    let first = parent.first().map_or(layers.len(), |c| c.layer);
+    let mut pi = 0;
+    for layer in first..layers.len() {
+        // The directory holding the candidate in this layer, and its name there.
+        let (pdir, cand, found): (Arc<std::os::fd::OwnedFd>, OsString, Option<Stat>) = match &look {
+            Look::Name(n) => {
+                while pi < parent.len() && parent[pi].layer < layer {
+                    pi += 1;
+                }
+                let Some(copy) = parent.get(pi).filter(|c| c.layer == layer) else {
+                    if pi >= parent.len() {
+                        break;
+                    }
+                    continue;
+                };
+                let st = match sys::stat_at(copy.fd.as_fd(), n) {
+                    Ok(st) => st,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                        if copy.oci_whiteout(n)? {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                if copy.is_whiteout(n, &st)? {
                     break;
                 }
-                continue;
+                (copy.fd.clone(), n.clone(), Some(st))
             }
-            Err(e) => return Err(e),
+            Look::Path(path) => match walk_abs(layers, layer, path)? {
+                Walk::Found(st, pdir) => {
+                    let last = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
+                    (pdir, OsStr::from_bytes(last).to_owned(), Some(st))
+                }
+                Walk::Missing => continue,
+                Walk::Stop => break,
+            },
         };
-        if copy.is_whiteout(&look, &st)? {
-            break;
-        }
+        let Some(st) = found else { continue };
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             if dirs.is_empty() {
                 let place = Place::Leaf {
-                    layer: copy.layer,
-                    dir: copy.fd.clone(),
-                    name: look.clone(),
+                    layer,
+                    dir: pdir,
+                    name: cand,
                 };
-                return Ok((place, st));
+                return Ok(Resolved {
+                    place,
+                    stat: st,
+                    redirect: None,
+                });
             }
             // A file below a directory is hidden by it.
             break;
         }
-        let fd = Arc::new(sys::open_path_at(copy.fd.as_fd(), &look)?);
-        let dir = DirCopy::new(copy.layer, fd, &st, layers[copy.layer].upper);
+        let fd = Arc::new(sys::open_path_at(pdir.as_fd(), &cand)?);
+        let dir = DirCopy::new(layer, fd, &st, layers[layer].upper);
         // A `.wh.<name>` beside the directory hides the lower copies, like an opaque marker.
-        let opaque = dir.is_opaque()? || copy.oci_whiteout(&look)?;
-        let redirect = if opaque { None } else { redirect_of(&dir)? };
-        let layer = dir.layer;
+        let beside = match &look {
+            Look::Name(_) => parent
+                .get(pi)
+                .map_or(Ok(false), |c| c.oci_whiteout(&cand))?,
+            Look::Path(_) => false,
+        };
+        let opaque = dir.is_opaque()? || beside;
+        let here = if opaque { None } else { redirect_of(&dir)? };
         dirs.push(dir);
         top.get_or_insert(st);
-        match redirect {
-            _ if opaque => break,
-            Some(r) if r.first() == Some(&b'/') => {
-                absolute = Some((layer, r));
-                break;
-            }
-            Some(r) => look = OsString::from_vec(r),
-            None => {}
+        if opaque {
+            break;
         }
-    }
-    if let Some((from, path)) = absolute {
-        for layer in from + 1..layers.len() {
-            match walk_abs(layers, layer, &path)? {
-                Walk::Found(dir) => {
-                    let opaque = dir.is_opaque()?;
-                    dirs.push(dir);
-                    if opaque {
-                        break;
-                    }
-                }
-                Walk::Missing => continue,
-                Walk::Stop => break,
+        if let Some(r) = here {
+            // Only the upper copy's redirect is the directory's own (it is what a rename
+            // replaces); lower ones are followed but belong to those layers.
+            if layers[layer].upper {
+                redirect = Some(r.clone());
             }
+            look = match (r.first() == Some(&b'/'), look) {
+                (true, _) => Look::Path(r.clone()),
+                (false, Look::Name(_)) => Look::Name(OsString::from_vec(r.clone())),
+                // A relative redirect below an absolute one replaces its last component.
+                (false, Look::Path(p)) => {
+                    let cut = p.iter().rposition(|&b| b == b'/').unwrap_or(0);
+                    Look::Path([&p[..cut], b"/", &r].concat())
+                }
+            };
         }
     }
     match top {
-        Some(st) => Ok((Place::Dir(dirs), st)),
+        Some(stat) => Ok(Resolved {
+            place: Place::Dir(dirs),
+            stat,
+            redirect,
+        }),
         None => Err(enoent()),
     }
 }

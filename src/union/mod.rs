@@ -154,6 +154,7 @@ impl Union {
                 parent: None,
                 name: OsString::new(),
                 place: Place::Dir(copies),
+                redirect: None,
             },
         );
         Ok(u)
@@ -185,20 +186,21 @@ impl Union {
     /// Looks up `name` in directory `parent`; counts one kernel lookup on the result.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<(Arc<Node>, Stat)> {
         let pnode = self.node(parent)?;
-        let (place, st) = {
+        let found = {
             let ps = pnode.state();
             let Place::Dir(copies) = &ps.place else {
                 return Err(err(libc::ENOTDIR));
             };
             lookup::resolve(&self.layers, copies, name)?
         };
-        let ino = self.stable_ino(&place, &st)?;
-        let (place, st) = self.indexed_place(place, st, ino)?;
+        let ino = self.stable_ino(&found.place, &found.stat)?;
+        let (place, st) = self.indexed_place(found.place, found.stat, ino)?;
         let is_dir = matches!(place, Place::Dir(_));
         let node = self.nodes.intern(ino, is_dir, || NodeState {
             parent: Some(pnode.clone()),
             name: name.to_owned(),
             place,
+            redirect: found.redirect,
         });
         let st = self.fix_stat(&node, st);
         Ok((node, st))

@@ -638,32 +638,23 @@ impl Union {
         let here = OsStr::new("");
         let key = self.xattr(b"redirect");
         if has_lower {
-            let existing = self.redirect_of_node(src)?;
+            // As the kernel: a redirect already on the upper copy stays if it still holds
+            // (same parent, or absolute); else the old name, or the absolute path. Redirects
+            // of lower layers chain below it at lookup.
+            let existing = src.state().redirect.clone();
             let samedir = Arc::ptr_eq(p, np);
-            if existing
-                .as_ref()
-                .is_some_and(|r| samedir || r.first() == Some(&b'/'))
-            {
-                return Ok(());
-            }
-            let redirect = if samedir {
-                name.as_bytes().to_vec()
-            } else {
-                self.absolute_redirect(src)?
+            let redirect = match existing {
+                Some(r) if samedir || r.first() == Some(&b'/') => return Ok(()),
+                _ if samedir => name.as_bytes().to_vec(),
+                _ => self.absolute_redirect(src)?,
             };
-            sys::set_xattr(upper.as_fd(), here, &key, &redirect, 0)
+            sys::set_xattr(upper.as_fd(), here, &key, &redirect, 0)?;
+            src.state_mut().redirect = Some(redirect);
+            Ok(())
         } else if self.lower_has(np, newname)? {
             sys::set_xattr(upper.as_fd(), here, &self.xattr(b"opaque"), b"y", 0)
         } else {
             Ok(())
-        }
-    }
-
-    /// The redirect recorded on a directory's upper copy, if any.
-    fn redirect_of_node(&self, node: &Node) -> io::Result<Option<Vec<u8>>> {
-        match &node.state().place {
-            Place::Dir(copies) if copies[0].upper() => lookup::redirect_of(&copies[0]),
-            _ => Ok(None),
         }
     }
 
@@ -676,7 +667,8 @@ impl Union {
         loop {
             let parent = cur.state().parent.clone();
             let Some(parent) = parent else { break };
-            match self.redirect_of_node(&cur)? {
+            let redirect = cur.state().redirect.clone();
+            match redirect {
                 Some(r) if r.first() == Some(&b'/') => {
                     parts.push(r[1..].to_vec());
                     break;
