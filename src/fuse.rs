@@ -15,6 +15,7 @@ use fuser::{
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
+use crate::options::IdMapping;
 use crate::sys::Stat;
 use crate::union::{self, Caller, RenameMode, SetAttr, SetTime, Union};
 
@@ -92,6 +93,8 @@ fn attr(st: &Stat) -> FileAttr {
 
 pub struct StrataFs {
     union: Union,
+    /// fuse-overlayfs's uid/gid mapping and squashing: owners as shown in the mount.
+    ids: IdMapping,
     /// How long the kernel may cache entries and attributes.
     ttl: Duration,
     /// Whether to try FUSE passthrough for file I/O (real root only; decided at init).
@@ -111,8 +114,9 @@ pub struct StrataFs {
 }
 
 impl StrataFs {
-    pub fn new(union: Union, ttl: Duration, try_passthrough: bool) -> Self {
+    pub fn new(union: Union, ttl: Duration, try_passthrough: bool, ids: IdMapping) -> Self {
         StrataFs {
+            ids,
             union,
             ttl,
             passthrough: try_passthrough,
@@ -196,7 +200,7 @@ impl Filesystem for StrataFs {
         match self.union.lookup(parent.0, name) {
             Ok((node, st)) => {
                 // fuser takes the node id from `attr.ino`; they are equal by construction.
-                reply.entry(&self.ttl, &attr(&st), Generation(node.generation));
+                reply.entry(&self.ttl, &self.attr(&st), Generation(node.generation));
             }
             // A negative entry the kernel may cache for the TTL (node id 0): every change
             // to the union goes through this mount, so the kernel sees creations itself.
@@ -217,7 +221,7 @@ impl Filesystem for StrataFs {
             None => self.union.getattr(ino.0),
         };
         match r {
-            Ok(st) => reply.attr(&self.ttl, &attr(&st)),
+            Ok(st) => reply.attr(&self.ttl, &self.attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -325,7 +329,7 @@ impl Filesystem for StrataFs {
         let r = self
             .union
             .readdirplus(fh.0, offset, |next, name, node, st| {
-                let a = attr(st);
+                let a = self.attr(st);
                 reply.add(
                     INodeNo(node.id),
                     next,
@@ -405,6 +409,13 @@ impl Filesystem for StrataFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // chown to an id the mapping does not cover is refused, as in a user namespace.
+        let (Some(uid), Some(gid)) = (
+            uid.map_or(Some(None), |u| self.ids.stored_uid(u).map(Some)),
+            gid.map_or(Some(None), |g| self.ids.stored_gid(g).map(Some)),
+        ) else {
+            return reply.error(Errno::EINVAL);
+        };
         let a = SetAttr {
             mode,
             uid,
@@ -415,7 +426,7 @@ impl Filesystem for StrataFs {
             fh: fh.map(|f| f.0),
         };
         match self.union.setattr(ino.0, &a) {
-            Ok(st) => reply.attr(&self.ttl, &attr(&st)),
+            Ok(st) => reply.attr(&self.ttl, &self.attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -430,9 +441,11 @@ impl Filesystem for StrataFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = self
-            .union
-            .mknod(parent.0, name, mode, rdev as u64, caller(req));
+        let who = match self.caller(req) {
+            Ok(w) => w,
+            Err(e) => return reply.error(e),
+        };
+        let r = self.union.mknod(parent.0, name, mode, rdev as u64, who);
         self.entry(r, reply);
     }
 
@@ -445,7 +458,10 @@ impl Filesystem for StrataFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(self.union.mkdir(parent.0, name, mode, caller(req)), reply);
+        match self.caller(req) {
+            Ok(who) => self.entry(self.union.mkdir(parent.0, name, mode, who), reply),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -464,9 +480,11 @@ impl Filesystem for StrataFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self
-            .union
-            .symlink(parent.0, name, target.as_os_str(), caller(req));
+        let who = match self.caller(req) {
+            Ok(w) => w,
+            Err(e) => return reply.error(e),
+        };
+        let r = self.union.symlink(parent.0, name, target.as_os_str(), who);
         self.entry(r, reply);
     }
 
@@ -519,8 +537,11 @@ impl Filesystem for StrataFs {
         flags: i32,
         reply: fuser::ReplyCreate,
     ) {
-        let (node, st, fh, file) = match self.union.create(parent.0, name, mode, flags, caller(req))
-        {
+        let who = match self.caller(req) {
+            Ok(w) => w,
+            Err(e) => return reply.error(e),
+        };
+        let (node, st, fh, file) = match self.union.create(parent.0, name, mode, flags, who) {
             Ok(v) => v,
             Err(e) => return reply.error(errno(e)),
         };
@@ -528,7 +549,7 @@ impl Filesystem for StrataFs {
         if let Some(id) = self.open_passthrough(node.id, fh, &file, |f| reply.open_backing(f)) {
             return reply.created_passthrough(
                 &self.ttl,
-                &attr(&st),
+                &self.attr(&st),
                 generation,
                 FileHandle(fh),
                 FopenFlags::empty(),
@@ -537,7 +558,7 @@ impl Filesystem for StrataFs {
         }
         reply.created(
             &self.ttl,
-            &attr(&st),
+            &self.attr(&st),
             generation,
             FileHandle(fh),
             FopenFlags::empty(),
@@ -619,9 +640,30 @@ impl Filesystem for StrataFs {
 }
 
 impl StrataFs {
+    /// Attributes as the mount shows them (owners through the id mapping).
+    fn attr(&self, st: &Stat) -> FileAttr {
+        let mut a = attr(st);
+        if !self.ids.is_identity() {
+            a.uid = self.ids.shown_uid(a.uid);
+            a.gid = self.ids.shown_gid(a.gid);
+        }
+        a
+    }
+
+    /// The caller, as owner to store; EOVERFLOW for an id the mapping does not cover.
+    fn caller(&self, req: &Request) -> Result<Caller, Errno> {
+        match (
+            self.ids.stored_uid(req.uid()),
+            self.ids.stored_gid(req.gid()),
+        ) {
+            (Some(uid), Some(gid)) => Ok(Caller { uid, gid }),
+            _ => Err(Errno::EOVERFLOW),
+        }
+    }
+
     fn entry(&self, r: io::Result<(Arc<union::Node>, Stat)>, reply: ReplyEntry) {
         match r {
-            Ok((node, st)) => reply.entry(&self.ttl, &attr(&st), Generation(node.generation)),
+            Ok((node, st)) => reply.entry(&self.ttl, &self.attr(&st), Generation(node.generation)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -631,13 +673,6 @@ fn empty(r: io::Result<()>, reply: ReplyEmpty) {
     match r {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(errno(e)),
-    }
-}
-
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
     }
 }
 

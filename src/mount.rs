@@ -290,7 +290,7 @@ fn serve(
         // Nothing can change a lower-only union: let the kernel cache it for good.
         Duration::from_secs(86400)
     });
-    let fs = StrataFs::new(union, ttl, sys::is_root());
+    let fs = StrataFs::new(union, ttl, sys::is_root(), req.options.ids.clone());
     let cfg = fuse_config(req, has_upper);
     let mount_err = |cause| MountError::Mount {
         path: req.mountpoint.clone(),

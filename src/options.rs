@@ -57,15 +57,89 @@ pub struct MountOptions {
     /// Attribute/entry cache timeout (fuse-overlayfs `timeout=`), seconds.
     pub timeout: Option<Duration>,
     pub whiteout: WhiteoutFormat,
+    pub ids: IdMapping,
+}
+
+/// fuse-overlayfs's id options: how owners stored in the layers appear in the mount.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdMapping {
+    /// `uidmapping=IN:HOST:LEN[:IN:HOST:LEN...]`: host ids HOST.. appear as IN..
+    pub uids: Vec<(u32, u32, u32)>,
+    pub gids: Vec<(u32, u32, u32)>,
+    /// `squash_to_root` / `squash_to_uid=`/`squash_to_gid=`: every file appears owned by it.
+    pub squash_uid: Option<u32>,
+    pub squash_gid: Option<u32>,
+}
+
+/// The id files appear with when no mapping covers theirs (the kernel's overflow id).
+pub const OVERFLOW_ID: u32 = 65534;
+
+impl IdMapping {
+    pub fn is_identity(&self) -> bool {
+        *self == IdMapping::default()
+    }
+
+    fn map(ranges: &[(u32, u32, u32)], id: u32, to_inside: bool) -> Option<u32> {
+        if ranges.is_empty() {
+            return Some(id);
+        }
+        ranges.iter().find_map(|&(inside, host, len)| {
+            let (from, to) = if to_inside {
+                (host, inside)
+            } else {
+                (inside, host)
+            };
+            id.checked_sub(from).filter(|d| *d < len).map(|d| to + d)
+        })
+    }
+
+    /// Owner as shown in the mount, for an owner stored in a layer.
+    pub fn shown_uid(&self, host: u32) -> u32 {
+        self.squash_uid
+            .or_else(|| Self::map(&self.uids, host, true))
+            .unwrap_or(OVERFLOW_ID)
+    }
+
+    pub fn shown_gid(&self, host: u32) -> u32 {
+        self.squash_gid
+            .or_else(|| Self::map(&self.gids, host, true))
+            .unwrap_or(OVERFLOW_ID)
+    }
+
+    /// Owner to store for an id given in the mount (caller, chown); None if unmapped.
+    pub fn stored_uid(&self, inside: u32) -> Option<u32> {
+        Self::map(&self.uids, inside, false)
+    }
+
+    pub fn stored_gid(&self, inside: u32) -> Option<u32> {
+        Self::map(&self.gids, inside, false)
+    }
+}
+
+fn parse_ranges(name: &str, v: &[u8]) -> Result<Vec<(u32, u32, u32)>, OptionError> {
+    let text = std::str::from_utf8(v).map_err(|_| bad(name, v, "expected numbers"))?;
+    let nums: Vec<u32> = text
+        .split(':')
+        .map(|n| {
+            n.parse()
+                .map_err(|_| bad(name, v, "expected IN:HOST:LEN triples"))
+        })
+        .collect::<Result<_, _>>()?;
+    if nums.is_empty() || !nums.len().is_multiple_of(3) {
+        return Err(bad(name, v, "expected IN:HOST:LEN triples"));
+    }
+    let ranges: Vec<_> = nums.chunks(3).map(|c| (c[0], c[1], c[2])).collect();
+    if ranges
+        .iter()
+        .any(|&(i, h, l)| l == 0 || i.checked_add(l).is_none() || h.checked_add(l).is_none())
+    {
+        return Err(bad(name, v, "ranges must be non-empty and fit in 32 bits"));
+    }
+    Ok(ranges)
 }
 
 /// fuse-overlayfs options strata does not implement yet: rejected by name, never ignored.
 const NOT_YET: &[&str] = &[
-    "uidmapping",
-    "gidmapping",
-    "squash_to_root",
-    "squash_to_uid",
-    "squash_to_gid",
     "xattr_permissions",
     "static_nlink",
     "noxattrs",
@@ -121,6 +195,25 @@ impl MountOptions {
                     return Err(bad(&shown, v, "empty layer path"));
                 }
                 self.lowers = layers;
+            }
+            b"uidmapping" => self.ids.uids = parse_ranges(&shown, value.ok_or_else(missing)?)?,
+            b"gidmapping" => self.ids.gids = parse_ranges(&shown, value.ok_or_else(missing)?)?,
+            b"squash_to_root" => {
+                flag(value)?;
+                self.ids.squash_uid = Some(0);
+                self.ids.squash_gid = Some(0);
+            }
+            b"squash_to_uid" | b"squash_to_gid" => {
+                let v = value.ok_or_else(missing)?;
+                let id = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| bad(&shown, v, "expected a numeric id"))?;
+                if name == b"squash_to_uid" {
+                    self.ids.squash_uid = Some(id);
+                } else {
+                    self.ids.squash_gid = Some(id);
+                }
             }
             b"upperdir" => self.upper = Some(path_value(&shown, value.ok_or_else(missing)?)?),
             b"workdir" => self.work = Some(path_value(&shown, value.ok_or_else(missing)?)?),
@@ -284,9 +377,17 @@ mod tests {
             Err(OptionError::Unknown("bogus".into()))
         );
         assert_eq!(
-            parse(b"squash_to_root"),
-            Err(OptionError::Unsupported("squash_to_root".into()))
+            parse(b"xattr_permissions=1"),
+            Err(OptionError::Unsupported("xattr_permissions".into()))
         );
+        assert!(matches!(
+            parse(b"uidmapping=0:1000"),
+            Err(OptionError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse(b"uidmapping=0:1000:0"),
+            Err(OptionError::BadValue { .. })
+        ));
         assert!(matches!(
             parse(b"lowerdir"),
             Err(OptionError::MissingValue(_))
@@ -303,6 +404,22 @@ mod tests {
             parse(b"redirect_dir=off"),
             Err(OptionError::BadValue { .. })
         ));
+    }
+
+    #[test]
+    fn id_mappings() {
+        let o = parse(b"uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1").unwrap();
+        let ids = &o.ids;
+        assert_eq!(ids.shown_uid(1000), 0);
+        assert_eq!(ids.shown_uid(100_004), 5);
+        assert_eq!(ids.shown_uid(7), OVERFLOW_ID);
+        assert_eq!(ids.stored_uid(5), Some(100_004));
+        assert_eq!(ids.stored_uid(70_000), None);
+        assert_eq!(ids.shown_gid(1000), 0);
+        let o = parse(b"squash_to_root").unwrap();
+        assert_eq!((o.ids.shown_uid(1234), o.ids.shown_gid(99)), (0, 0));
+        let o = parse(b"squash_to_uid=42,squash_to_gid=43").unwrap();
+        assert_eq!((o.ids.shown_uid(1), o.ids.shown_gid(1)), (42, 43));
     }
 
     #[test]

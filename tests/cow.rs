@@ -455,3 +455,80 @@ fn renames_across_rotated_layers_match_kernel() {
         assert_same(k, s, &format!("after rotation {i}"));
     }
 }
+
+/// fuse-overlayfs's id options: owners shown through `uidmapping=`/`gidmapping=` (or
+/// squashed), and new files stored with the mapped owner.
+#[test]
+fn id_mapping_options() {
+    if !require_mount_env("id_mapping_options") {
+        return;
+    }
+    let fx = Fixture::new(1);
+    let own = |p: &Path, uid: u32, gid: u32| {
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            p,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            rustix::fs::AtFlags::empty(),
+        )
+        .unwrap()
+    };
+    write(&fx.layer(0).join("mapped"), b"m");
+    own(&fx.layer(0).join("mapped"), 1000, 1000);
+    write(&fx.layer(0).join("outside"), b"o");
+    own(&fx.layer(0).join("outside"), 5, 5);
+    let (u, w, m) = (fx.path("u"), fx.path("w"), fx.path("m"));
+    let mut opt = lowerdir_opt(&fx.layers);
+    opt.extend_from_slice(
+        format!(
+            ",upperdir={},workdir={},uidmapping=0:1000:10,gidmapping=0:1000:10",
+            u.display(),
+            w.display()
+        )
+        .as_bytes(),
+    );
+    let s = StrataMount::start(
+        &[
+            std::ffi::OsStr::new("-o"),
+            std::os::unix::ffi::OsStrExt::from_bytes(opt.as_slice()),
+        ],
+        &m,
+    );
+    let md = |p: &str| fs::symlink_metadata(s.mnt.join(p)).unwrap();
+    assert_eq!((md("mapped").uid(), md("mapped").gid()), (0, 0));
+    assert_eq!(
+        md("outside").uid(),
+        65534,
+        "unmapped owners show as the overflow id"
+    );
+    fs::write(s.mnt.join("new"), b"n").unwrap();
+    assert_eq!(md("new").uid(), 0);
+    assert_eq!(
+        fs::symlink_metadata(u.join("new")).unwrap().uid(),
+        1000,
+        "stored mapped"
+    );
+    let e = rustix::fs::chownat(
+        rustix::fs::CWD,
+        s.mnt.join("new"),
+        Some(rustix::fs::Uid::from_raw(500)),
+        None,
+        rustix::fs::AtFlags::empty(),
+    );
+    assert_eq!(e, Err(rustix::io::Errno::INVAL), "chown to an unmapped id");
+    drop(s);
+    let mut opt = lowerdir_opt(&fx.layers);
+    opt.extend_from_slice(b",squash_to_uid=42,squash_to_gid=43");
+    let s = StrataMount::start(
+        &[
+            std::ffi::OsStr::new("-o"),
+            std::os::unix::ffi::OsStrExt::from_bytes(opt.as_slice()),
+        ],
+        &m,
+    );
+    for p in ["mapped", "outside"] {
+        let md = fs::symlink_metadata(s.mnt.join(p)).unwrap();
+        assert_eq!((md.uid(), md.gid()), (42, 43));
+    }
+}
