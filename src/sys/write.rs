@@ -223,6 +223,24 @@ fn copy_by_hand(from: &File, to: &File) -> io::Result<()> {
     io::copy(&mut r, &mut w).map(|_| ())
 }
 
+/// `copy_file_range` between two open files at explicit offsets; bytes copied.
+pub fn copy_range(
+    from: &File,
+    off_in: u64,
+    to: &File,
+    off_out: u64,
+    len: usize,
+) -> io::Result<usize> {
+    let (mut i, mut o) = (off_in, off_out);
+    Ok(rustix::fs::copy_file_range(
+        from,
+        Some(&mut i),
+        to,
+        Some(&mut o),
+        len,
+    )?)
+}
+
 /// Opens `name` in `dir` read-only, for copying its data.
 pub fn open_for_copy(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
     Ok(File::from(rustix::fs::openat(

@@ -384,7 +384,7 @@ impl Union {
     /// The file behind a handle for reading. A handle opened on a lower file whose node has
     /// been copied up since reads the upper copy from then on, as kernel overlayfs (4.19+)
     /// switches such a file to the upper one.
-    fn file_current(&self, fh: u64) -> io::Result<Arc<File>> {
+    pub(super) fn file_current(&self, fh: u64) -> io::Result<Arc<File>> {
         let (node, file, lower) = self
             .files
             .get(&fh)

@@ -467,6 +467,21 @@ impl Union {
         sys::fsync(&*self.file(fh)?, data_only)
     }
 
+    /// copy_file_range(2) between two open handles, done by the filesystem below (a reflink
+    /// or an in-kernel copy, no data through us).
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> io::Result<usize> {
+        let from = self.file_current(fh_in)?;
+        let to = self.file(fh_out)?;
+        sys::copy_range(&from, off_in, &to, off_out, len.min(1 << 30) as usize)
+    }
+
     pub fn fallocate(&self, fh: u64, mode: i32, offset: u64, len: u64) -> io::Result<()> {
         sys::fallocate(&*self.file(fh)?, mode, offset, len)
     }
