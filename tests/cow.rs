@@ -83,6 +83,25 @@ fn script(m: &Path) -> Vec<String> {
         })(),
     );
     log(
+        "copy_file_range",
+        (|| {
+            let from = fs::File::open(m.join("big"))?;
+            let to = fs::File::create(m.join("copied"))?;
+            let mut total = 0;
+            loop {
+                let n = rustix::fs::copy_file_range(&from, None, &to, None, 1 << 20)?;
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            Ok(format!(
+                "{total} {}",
+                fs::read(m.join("copied"))? == fs::read(m.join("big"))?
+            ))
+        })(),
+    );
+    log(
         "mkdir+file",
         fs::create_dir(m.join("nd"))
             .and_then(|_| fs::write(m.join("nd/y"), b"y"))
