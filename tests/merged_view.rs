@@ -451,7 +451,7 @@ fn bad_input_is_refused_with_one_line() {
         (
             vec![
                 "-o".into(),
-                format!("lowerdir={l0},squash_to_root"),
+                format!("lowerdir={l0},xattr_permissions=1"),
                 m.clone(),
             ],
             "not supported",
