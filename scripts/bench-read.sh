@@ -5,6 +5,10 @@
 # 3) interleaving the candidates; the table shows medians and the ratio to the kernel.
 #
 #   scripts/bench-read.sh [OUTDIR]      (root; results in OUTDIR, default target/bench)
+#
+# By default the stacks are read-only (lowers only: the read path). WITH_UPPER=1 mounts each
+# with a fresh upper and workdir instead (strata then reads lower files through the daemon and
+# the page cache, not passthrough: see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C
@@ -48,9 +52,10 @@ mnt=$(mktemp -d /tmp/strata-bench.XXXXXX)
 cleanup() { mountpoint -q "$mnt/m" 2>/dev/null && umount "$mnt/m"; rm -rf "$mnt"; }
 trap cleanup EXIT
 
-mount_one() { # candidate -> mounts at $mnt/m with a fresh upper
+mount_one() { # candidate -> mounts at $mnt/m (with a fresh upper if WITH_UPPER=1)
   rm -rf "$mnt/u" "$mnt/w"; mkdir -p "$mnt/u" "$mnt/w" "$mnt/m"
-  local o="lowerdir=$lowers,upperdir=$mnt/u,workdir=$mnt/w"
+  local o="lowerdir=$lowers"
+  [ "${WITH_UPPER:-0}" = 1 ] && o="$o,upperdir=$mnt/u,workdir=$mnt/w"
   case "$1" in
     kernel) mount -t overlay overlay -o "$o" "$mnt/m" ;;
     fuse-overlayfs) fuse-overlayfs -o "$o" "$mnt/m" 2>/dev/null ;;
@@ -62,7 +67,7 @@ drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 walk() { find "$mnt/m" -printf '%i %s\n' > /dev/null; }
 timeit() { local a b; a=$(now); "$@"; b=$(now); echo "$b - $a" | bc; }
 
-results="$out/bench-read.tsv"
+results="$out/bench-read${WITH_UPPER:+-upper}.tsv"
 : > "$results"
 candidates=(kernel fuse-overlayfs strata)
 for r in $(seq "$reps"); do
@@ -81,7 +86,7 @@ for r in $(seq "$reps"); do
   done
 done
 
-python3 - "$results" "$out/bench-read.json" <<'EOF'
+python3 - "$results" "${results%.tsv}.json" <<'EOF'
 import json, statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 data = {}
@@ -97,4 +102,4 @@ for w, per in data.items():
     ratio = lambda c: f"{med[c] / med['kernel']:.2f}x" if c in med and med.get("kernel") else "-"
     print(f"| {w} | " + " | ".join(cells) + f" | {ratio('strata')} | {ratio('fuse-overlayfs')} |")
 EOF
-echo "raw: $results, $out/bench-read.json"
+echo "raw: $results, ${results%.tsv}.json"
