@@ -48,6 +48,10 @@ struct MountArgs {
     /// Options in fuse-overlayfs / mount(8) form: lowerdir=A:B,upperdir=U,workdir=W,...
     #[arg(short = 'o', value_name = "OPTS")]
     options: Vec<OsString>,
+    /// How deletions are recorded in the upper layer: chardev (0/0 devices), oci (`.wh.`
+    /// files) or auto (devices where mknod works).
+    #[arg(long, value_name = "FORMAT")]
+    whiteout: Option<String>,
     /// Stay in the foreground instead of serving from a background daemon.
     #[arg(short, long)]
     foreground: bool,
@@ -106,6 +110,9 @@ fn run() -> anyhow::Result<()> {
             }
             if !a.lowers.is_empty() {
                 options.lowers = a.lowers;
+            }
+            if let Some(w) = &a.whiteout {
+                options.apply(format!("whiteout={w}").as_bytes())?;
             }
             options.upper = a.upper.or(options.upper);
             options.work = a.work.or(options.work);

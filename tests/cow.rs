@@ -551,3 +551,48 @@ fn id_mapping_options() {
         assert_eq!((md.uid(), md.gid()), (42, 43));
     }
 }
+
+/// Copy-up keeps holes (no reflink on ext4: data segments are copied, holes skipped), and
+/// `--whiteout=oci` records deletions as `.wh.` files.
+#[test]
+fn sparse_copy_up_and_oci_whiteouts() {
+    if !require_mount_env("sparse_copy_up_and_oci_whiteouts") {
+        return;
+    }
+    let fx = Fixture::new(1);
+    let sparse = fx.layer(0).join("sparse");
+    let f = fs::File::create(&sparse).unwrap();
+    f.set_len(64 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, b"middle", 32 << 20).unwrap();
+    drop(f);
+    write(&fx.layer(0).join("gone"), b"g");
+    let (u, w, m) = (fx.path("u"), fx.path("w"), fx.path("m"));
+    let mut opt = lowerdir_opt(&fx.layers);
+    opt.extend_from_slice(format!(",upperdir={},workdir={}", u.display(), w.display()).as_bytes());
+    let s = StrataMount::start(
+        &[
+            std::ffi::OsStr::new("--whiteout=oci"),
+            std::ffi::OsStr::new("-o"),
+            std::os::unix::ffi::OsStrExt::from_bytes(opt.as_slice()),
+        ],
+        &m,
+    );
+    fs::OpenOptions::new()
+        .append(true)
+        .open(s.mnt.join("sparse"))
+        .unwrap()
+        .write_all(b"+")
+        .unwrap();
+    let up = fs::metadata(u.join("sparse")).unwrap();
+    assert_eq!(up.len(), (64 << 20) + 1);
+    assert!(
+        up.blocks() * 512 < 1 << 20,
+        "copy-up filled the holes: {} blocks",
+        up.blocks()
+    );
+    let data = fs::read(s.mnt.join("sparse")).unwrap();
+    assert_eq!(&data[32 << 20..(32 << 20) + 6], b"middle");
+    fs::remove_file(s.mnt.join("gone")).unwrap();
+    assert!(u.join(".wh.gone").exists(), "OCI whiteout written");
+    assert!(!s.mnt.join("gone").exists());
+}

@@ -194,25 +194,41 @@ pub fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> io::Result<()
 }
 
 /// Copies all data of `from` into the empty file `to`: a reflink where the filesystem shares
-/// extents, else `copy_file_range` (which keeps holes on most filesystems), else read/write.
+/// extents, else `copy_file_range` over the data segments only (found with SEEK_DATA/SEEK_HOLE,
+/// so holes stay holes), else read/write.
 pub fn copy_data(from: &File, to: &File, len: u64) -> io::Result<()> {
     if len == 0 || rustix::fs::ioctl_ficlone(to, from).is_ok() {
         return Ok(());
     }
-    let mut off_in = 0u64;
-    let mut off_out = 0u64;
-    while off_in < len {
-        let want = (len - off_in).min(1 << 30) as usize;
-        match rustix::fs::copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), want) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL)
-                if off_in == 0 =>
-            {
-                return copy_by_hand(from, to);
-            }
+    let mut pos = 0u64;
+    while pos < len {
+        let start = match rustix::fs::seek(from, rustix::fs::SeekFrom::Data(pos)) {
+            Ok(s) => s,
+            // No data after `pos`: the rest is a hole.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) if pos == 0 => return copy_by_hand(from, to),
             Err(e) => return Err(e.into()),
+        };
+        let end = match rustix::fs::seek(from, rustix::fs::SeekFrom::Hole(start)) {
+            Ok(e) => e.min(len),
+            Err(_) => len,
+        };
+        let (mut off_in, mut off_out) = (start, start);
+        while off_in < end {
+            let want = (end - off_in).min(1 << 30) as usize;
+            match rustix::fs::copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), want)
+            {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(
+                    rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL,
+                ) if pos == 0 && off_in == start => {
+                    return copy_by_hand(from, to);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
+        pos = end;
     }
     to.set_len(len)
 }
