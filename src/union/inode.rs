@@ -144,6 +144,11 @@ impl NodeTable {
         node
     }
 
+    /// Whether a node with this id is still held (the kernel has not forgotten it).
+    pub fn contains(&self, id: u64) -> bool {
+        self.nodes.contains_key(&id)
+    }
+
     pub fn get(&self, id: u64) -> io::Result<Arc<Node>> {
         self.nodes
             .get(&id)

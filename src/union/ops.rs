@@ -132,17 +132,22 @@ impl Union {
             if is_dir && hole != Hole::Empty {
                 sys::set_xattr(work, &tmp, &self.xattr(b"opaque"), b"y", 0)?;
             }
-            Ok(())
+            self.avoid_reused_ino(work, &tmp)
         })();
-        let r = staged.and_then(|()| match hole {
-            // A directory cannot be renamed over a device: swap, then drop the whiteout.
-            Hole::Whiteout if is_dir => {
-                sys::rename_at(work, &tmp, pdir, name, RenameMode::Exchange)?;
-                let _ = sys::unlink_at(work, &tmp, false);
-                Ok(())
+        let r = staged.and_then(|renumbered| {
+            if renumbered {
+                self.mark_impure(pdir);
             }
-            Hole::Whiteout => sys::rename_at(work, &tmp, pdir, name, RenameMode::Replace),
-            _ => sys::rename_at(work, &tmp, pdir, name, RenameMode::NoReplace),
+            match hole {
+                // A directory cannot be renamed over a device: swap, then drop the whiteout.
+                Hole::Whiteout if is_dir => {
+                    sys::rename_at(work, &tmp, pdir, name, RenameMode::Exchange)?;
+                    let _ = sys::unlink_at(work, &tmp, false);
+                    Ok(())
+                }
+                Hole::Whiteout => sys::rename_at(work, &tmp, pdir, name, RenameMode::Replace),
+                _ => sys::rename_at(work, &tmp, pdir, name, RenameMode::NoReplace),
+            }
         });
         if let Err(e) = r {
             let _ = sys::unlink_at(work, &tmp, is_dir);
@@ -152,6 +157,26 @@ impl Union {
             sys::unlink_at(pdir, &oci_name(name), false)?;
         }
         self.lookup(parent.id, name)
+    }
+
+    /// The filesystem may give a new file the inode number of one just deleted, whose node the
+    /// kernel may not have forgotten yet: the new file would be taken for the old one. Such a
+    /// file gets a number of its own, recorded like a copied-up file's (the parent is marked
+    /// impure when it is placed).
+    fn avoid_reused_ino(&self, work: BorrowedFd<'_>, tmp: &OsStr) -> io::Result<bool> {
+        let st = sys::stat_at(work, tmp)?;
+        if !self.nodes.contains(self.inos.map(st.st_dev, st.st_ino)) {
+            return Ok(false);
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64);
+        let fresh = (1 << 63) | ((st.st_ino & 0xffff_ffff) << 31) | (nanos & 0x7fff_ffff);
+        match sys::set_xattr(work, tmp, &self.ino_xattr, &fresh.to_le_bytes(), 0) {
+            // user.* xattrs are refused on symlinks (rootless): nothing better to do.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(false),
+            r => r.map(|()| true),
+        }
     }
 
     /// The union's own xattr name `overlay.<what>` in the namespace this mount writes.
