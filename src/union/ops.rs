@@ -640,18 +640,7 @@ impl Union {
             {
                 t.unlinked.store(true, Ordering::Relaxed);
             }
-            let mut s = src.state_mut();
-            s.parent = Some(np.clone());
-            s.name = newname.to_owned();
-            // A file reached through a hidden link or the index stays where it is.
-            if let Place::Leaf {
-                dir, name: real, ..
-            } = &mut s.place
-                && Arc::ptr_eq(dir, &pdir)
-            {
-                *dir = npdir.clone();
-                *real = newname.to_owned();
-            }
+            moved(src, np, newname, &pdir, &npdir);
             Ok(())
         })();
         if let Some(t) = target {
@@ -753,20 +742,8 @@ impl Union {
         sys::rename_at(pdir.as_fd(), an, npdir.as_fd(), bn, RenameMode::Exchange)?;
         self.mark_impure(pdir.as_fd());
         self.mark_impure(npdir.as_fd());
-        for (n, parent, from, name, dir) in [(a, np, &pdir, bn, &npdir), (b, p, &npdir, an, &pdir)]
-        {
-            let mut s = n.state_mut();
-            s.parent = Some(parent.clone());
-            s.name = name.to_owned();
-            if let Place::Leaf {
-                dir: d, name: real, ..
-            } = &mut s.place
-                && Arc::ptr_eq(d, from)
-            {
-                *d = dir.clone();
-                *real = name.to_owned();
-            }
-        }
+        moved(a, np, bn, &pdir, &npdir);
+        moved(b, p, an, &npdir, &pdir);
         Ok(())
     }
 
@@ -775,6 +752,23 @@ impl Union {
             .get(&fh)
             .map(|f| f.1.clone())
             .ok_or_else(|| err(libc::EBADF))
+    }
+}
+
+/// Records that `node` is now `name` in `parent`, whose upper copy is `to`. A file that lived
+/// in `from` (its old upper directory) follows; one reached through the index or a hidden link
+/// stays where it is.
+fn moved(node: &Node, parent: &Arc<Node>, name: &OsStr, from: &Arc<OwnedFd>, to: &Arc<OwnedFd>) {
+    let mut s = node.state_mut();
+    s.parent = Some(parent.clone());
+    s.name = name.to_owned();
+    if let Place::Leaf {
+        dir, name: real, ..
+    } = &mut s.place
+        && Arc::ptr_eq(dir, from)
+    {
+        *dir = to.clone();
+        *real = name.to_owned();
     }
 }
 
