@@ -22,11 +22,42 @@ const OPAQUE_XATTRS: [&[u8]; 3] = [
 ];
 const WHITEOUT_XATTRS: [&[u8]; 2] = [b"trusted.overlay.whiteout", b"user.overlay.whiteout"];
 
-/// Xattrs that carry the union's own bookkeeping: never listed or returned to users.
+const OVERLAY_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
+
+/// Xattrs that carry the union's own bookkeeping: never listed or returned to users. An
+/// escaped one (`trusted.overlay.overlay.X`, the kernel's way of nesting overlays) is a user's.
 pub fn is_internal_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.")
-        || name.starts_with(b"user.overlay.")
-        || name.starts_with(b"user.fuseoverlayfs.")
+    match OVERLAY_PREFIXES.iter().find(|p| name.starts_with(p)) {
+        Some(p) => !name[p.len()..].starts_with(b"overlay."),
+        None => name.starts_with(b"user.fuseoverlayfs."),
+    }
+}
+
+/// The name a user's xattr is stored under: an overlay name (`trusted.overlay.X`) is escaped
+/// to `trusted.overlay.overlay.X`, as the kernel does, so it never acts as the union's own.
+pub fn stored_xattr_name(name: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match OVERLAY_PREFIXES.iter().find(|p| name.starts_with(p)) {
+        Some(p) => [&name[..p.len()], b"overlay.", &name[p.len()..]]
+            .concat()
+            .into(),
+        None => name.into(),
+    }
+}
+
+/// The name a stored xattr is shown under (escaped overlay names lose one `overlay.`); None
+/// for the union's own.
+pub fn shown_xattr_name(name: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    if is_internal_xattr(name) {
+        return None;
+    }
+    match OVERLAY_PREFIXES.iter().find(|p| name.starts_with(p)) {
+        Some(p) => Some(
+            [&name[..p.len()], &name[p.len() + b"overlay.".len()..]]
+                .concat()
+                .into(),
+        ),
+        None => Some(name.into()),
+    }
 }
 
 /// One layer of the stack.

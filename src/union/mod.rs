@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 
 pub use inode::{Node, ROOT_ID};
-pub use layer::is_internal_xattr;
+pub use layer::{is_internal_xattr, shown_xattr_name, stored_xattr_name};
 pub use ops::{Caller, SetAttr};
 pub use readdir::Entry;
 pub use rustix::fs::FileType;
@@ -564,13 +564,14 @@ impl Union {
         }
     }
 
-    /// Reads xattr `key` into `buf` (size query when `buf` is empty). Internal overlay xattrs
-    /// do not exist as far as users can tell.
+    /// Reads xattr `key` into `buf` (size query when `buf` is empty). The union's own xattrs
+    /// do not exist as far as users can tell; overlay-named ones are the user's, escaped.
     pub fn getxattr(&self, id: u64, key: &[u8], buf: &mut [u8]) -> io::Result<usize> {
-        if is_internal_xattr(key) {
+        if key.starts_with(b"user.fuseoverlayfs.") {
             return Err(err(libc::ENODATA));
         }
-        self.xattr_target(id, |dir, name| sys::get_xattr(dir, name, key, buf))
+        let key = stored_xattr_name(key);
+        self.xattr_target(id, |dir, name| sys::get_xattr(dir, name, &key, buf))
     }
 
     /// All user-visible xattr names, NUL-separated.
@@ -578,8 +579,8 @@ impl Union {
         let all = self.xattr_target(id, sys::list_xattr_all)?;
         let mut out = Vec::with_capacity(all.len());
         for name in all.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            if !is_internal_xattr(name) {
-                out.extend_from_slice(name);
+            if let Some(shown) = shown_xattr_name(name) {
+                out.extend_from_slice(&shown);
                 out.push(0);
             }
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::inode::{Node, Place};
-use super::layer::{WH_PREFIX, is_internal_xattr};
+use super::layer::{WH_PREFIX, stored_xattr_name};
 use super::{Union, err, lookup};
 use crate::sys::{self, RenameMode, SetTime, Stat};
 
@@ -512,21 +512,25 @@ impl Union {
     }
 
     pub fn setxattr(&self, id: u64, key: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
-        if is_internal_xattr(key) {
+        if key.starts_with(b"user.fuseoverlayfs.") {
             return Err(err(libc::EPERM));
         }
+        let key = stored_xattr_name(key);
         let node = self.node(id)?;
         self.copy_up(&node)?;
-        self.xattr_target(id, |dir, name| sys::set_xattr(dir, name, key, value, flags))
+        self.xattr_target(id, |dir, name| {
+            sys::set_xattr(dir, name, &key, value, flags)
+        })
     }
 
     pub fn removexattr(&self, id: u64, key: &[u8]) -> io::Result<()> {
-        if is_internal_xattr(key) {
+        if key.starts_with(b"user.fuseoverlayfs.") {
             return Err(err(libc::ENODATA));
         }
+        let key = stored_xattr_name(key);
         let node = self.node(id)?;
         self.copy_up(&node)?;
-        self.xattr_target(id, |dir, name| sys::remove_xattr(dir, name, key))
+        self.xattr_target(id, |dir, name| sys::remove_xattr(dir, name, &key))
     }
 
     /// rename(2) with flags. Directories that exist in a lower layer are not supported yet
