@@ -277,7 +277,7 @@ fn script(m: &Path) -> Vec<String> {
 
 #[test]
 fn scripted_sequence_matches_kernel() {
-    if !require_mount_env("scripted_sequence_matches_kernel") {
+    if !require_mount_env() {
         return;
     }
     let kfx = Fixture::new(2);
@@ -293,14 +293,14 @@ fn scripted_sequence_matches_kernel() {
     for (a, b) in kout.iter().zip(&sout) {
         assert_eq!(a, b, "step result differs (kernel, strata)");
     }
-    let (want, _) = kernel_snapshot(&k.mnt);
-    let (got, _) = snapshot(&s.mnt);
+    let want = kernel_snapshot(&k.mnt);
+    let got = snapshot(&s.mnt);
     assert_same(&want, &got, "after the script");
     drop(k);
     assert!(s.stop().success());
 
     let s = StrataMount::with_upper(&sfx.layers, &su, &sw, &sm);
-    assert_same(&want, &snapshot(&s.mnt).0, "strata after remount");
+    assert_same(&want, &snapshot(&s.mnt), "strata after remount");
     drop(s);
     assert_eq!(
         fs::read_dir(sw.join("work")).unwrap().count(),
@@ -311,7 +311,7 @@ fn scripted_sequence_matches_kernel() {
     let k2 = KernelOverlay::with_upper(&sfx.layers, &su, &sw, &sm);
     assert_same(
         &want,
-        &kernel_snapshot(&k2.mnt).0,
+        &kernel_snapshot(&k2.mnt),
         "kernel over strata's upper",
     );
     drop(k2);
@@ -319,8 +319,8 @@ fn scripted_sequence_matches_kernel() {
     let fresh = Fixture::new(2);
     layers(&fresh);
     for i in 0..2 {
-        let (a, _) = snapshot(fresh.layer(i));
-        let (b, _) = snapshot(sfx.layer(i));
+        let a = snapshot(fresh.layer(i));
+        let b = snapshot(sfx.layer(i));
         assert_same(&a, &b, "lower layer changed");
     }
 }
@@ -363,7 +363,7 @@ fn dir_script(m: &Path) -> Vec<String> {
             "rm -r" => fs::remove_dir_all(m.join(a)),
             _ => fs::write(m.join(a), b"new"),
         };
-        let (tree, _) = snapshot(m);
+        let tree = snapshot(m);
         out.push(format!(
             "{op} {a} {b}: {:?} -> {:?}",
             r.map_err(|e| e.raw_os_error()),
@@ -375,7 +375,7 @@ fn dir_script(m: &Path) -> Vec<String> {
 
 #[test]
 fn lower_directory_renames_match_kernel() {
-    if !require_mount_env("lower_directory_renames_match_kernel") {
+    if !require_mount_env() {
         return;
     }
     let kfx = Fixture::new(2);
@@ -391,38 +391,34 @@ fn lower_directory_renames_match_kernel() {
         dir_script(&s.mnt),
         "step results (kernel, strata)"
     );
-    let (want, _) = kernel_snapshot(&k.mnt);
-    assert_same(&want, &snapshot(&s.mnt).0, "after the renames");
+    let want = kernel_snapshot(&k.mnt);
+    assert_same(&want, &snapshot(&s.mnt), "after the renames");
     drop(k);
     assert!(s.stop().success());
     let s = StrataMount::with_upper(&sfx.layers, &su, &sw, &sm);
     assert_same(
         &want,
-        &snapshot(&s.mnt).0,
+        &snapshot(&s.mnt),
         "strata after remount (redirects followed)",
     );
     drop(s);
     let k2 = KernelOverlay::with_upper(&sfx.layers, &su, &sw, &sm);
     assert_same(
         &want,
-        &kernel_snapshot(&k2.mnt).0,
+        &kernel_snapshot(&k2.mnt),
         "kernel over strata's upper",
     );
     drop(k2);
     // And strata reads the upper the kernel wrote.
     let s2 = StrataMount::with_upper(&kfx.layers, &ku, &kw, &sm);
-    assert_same(
-        &want,
-        &snapshot(&s2.mnt).0,
-        "strata over the kernel's upper",
-    );
+    assert_same(&want, &snapshot(&s2.mnt), "strata over the kernel's upper");
 }
 
 /// A directory renamed, then the upper layer rotated down under a new upper, then renamed
 /// again (what `unionmount-testsuite --ov=3` does): redirects of lower layers chain.
 #[test]
 fn renames_across_rotated_layers_match_kernel() {
-    if !require_mount_env("renames_across_rotated_layers_match_kernel") {
+    if !require_mount_env() {
         return;
     }
     let steps: [&[(&str, &str)]; 3] = [
@@ -458,9 +454,9 @@ fn renames_across_rotated_layers_match_kernel() {
                 }
             }
             views.push(if kernel {
-                kernel_snapshot(&mnt).0
+                kernel_snapshot(&mnt)
             } else {
-                snapshot(&mnt).0
+                snapshot(&mnt)
             });
             drop(guard);
             // The upper goes down the stack, a fresh one comes on top.
@@ -479,7 +475,7 @@ fn renames_across_rotated_layers_match_kernel() {
 /// squashed), and new files stored with the mapped owner.
 #[test]
 fn id_mapping_options() {
-    if !require_mount_env("id_mapping_options") {
+    if !require_mount_env() {
         return;
     }
     let fx = Fixture::new(1);
@@ -556,7 +552,7 @@ fn id_mapping_options() {
 /// `--whiteout=oci` records deletions as `.wh.` files.
 #[test]
 fn sparse_copy_up_and_oci_whiteouts() {
-    if !require_mount_env("sparse_copy_up_and_oci_whiteouts") {
+    if !require_mount_env() {
         return;
     }
     let fx = Fixture::new(1);

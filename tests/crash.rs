@@ -27,7 +27,7 @@ fn crash(m: StrataMount) {
 
 #[test]
 fn sigkill_during_copy_up_leaves_old_or_complete_file() {
-    if !require_mount_env("sigkill_during_copy_up_leaves_old_or_complete_file") {
+    if !require_mount_env() {
         return;
     }
     let fx = Fixture::new(1);
@@ -84,12 +84,12 @@ fn sigkill_during_copy_up_leaves_old_or_complete_file() {
 }
 
 fn tree_names(p: &Path) -> Vec<String> {
-    names(&snapshot(p).0)
+    names(&snapshot(p))
 }
 
 #[test]
 fn sigkill_during_directory_renames_keeps_one_whole_tree() {
-    if !require_mount_env("sigkill_during_directory_renames_keeps_one_whole_tree") {
+    if !require_mount_env() {
         return;
     }
     let fx = Fixture::new(1);

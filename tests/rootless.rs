@@ -62,7 +62,7 @@ fn as_unprivileged(dir: &Path, script: &str) -> String {
 
 #[test]
 fn unprivileged_user_namespace() {
-    if !require_mount_env("unprivileged_user_namespace") {
+    if !require_mount_env() {
         return;
     }
     if Command::new("setpriv").arg("--version").output().is_err() {
