@@ -1,30 +1,72 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests, integration tests that mount strata and kernel overlayfs
-# for real, property tests, and a short fuzz run. `--long` runs the long property-test profile.
+# The whole test suite: unit tests, integration tests that mount strata and kernel overlayfs for
+# real (they need root and /dev/fuse, and print `SKIP ...` without them), property tests, and a
+# 20-second fuzz smoke run of the -o parser when cargo-fuzz is installed.
+#
+#   scripts/test.sh          quick profile (the property tests' own default case counts)
+#   scripts/test.sh --long   long profile: PROPTEST_CASES=2000
+#   STRATA_PROPTEST_CASES=N scripts/test.sh   any count (also with --long)
+#
+# Ends with one line 'tests: N passed, N failed, N skipped'; exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "${1:-}" = "--long" ]; then
-  export PROPTEST_CASES="${STRATA_PROPTEST_CASES:-2000}"
-elif [ -n "${STRATA_PROPTEST_CASES:-}" ]; then
+
+long=0
+for arg in "$@"; do
+  case "$arg" in
+    --long) long=1 ;;
+    -h | --help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "test.sh: unknown argument '$arg' (only --long)" >&2; exit 2 ;;
+  esac
+done
+if [ -n "${STRATA_PROPTEST_CASES:-}" ]; then
   export PROPTEST_CASES="$STRATA_PROPTEST_CASES"
+elif ((long)); then
+  export PROPTEST_CASES=2000
 fi
-echo "== setup"; scripts/setup.sh
-echo "== build"; cargo build --all-targets
-if command -v cargo-fuzz >/dev/null 2>&1; then
-  echo "== fuzz smoke (20 s; scripts/fuzz.sh for longer runs)"
-  scripts/fuzz.sh mount_options 20 2>&1 | tail -1
-else
-  echo "== fuzz smoke skipped: cargo-fuzz not installed (cargo install cargo-fuzz)"
-fi
-echo "== tests"
+
+step=0
+banner() { step=$((step + 1)); printf '\n========== [%d] %s ==========\n' "$step" "$*"; }
+started=$SECONDS
+
+banner "setup: system packages (scripts/setup.sh)"
+scripts/setup.sh
+
+banner "build: cargo build --all-targets"
+cargo build --all-targets
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+banner "tests: cargo test --all-targets --no-fail-fast (PROPTEST_CASES=${PROPTEST_CASES:-default}; root: $([ "$(id -u)" = 0 ] && echo yes || echo no), /dev/fuse: $([ -c /dev/fuse ] && echo yes || echo no))"
 set +e
-cargo test --all-targets 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
+cargo test --all-targets --no-fail-fast 2>&1 | tee "$log"
+test_status=${PIPESTATUS[0]}
 set -e
-passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-failed=$(grep -oE '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+
+fuzz_status=0
+if command -v cargo-fuzz >/dev/null 2>&1; then
+  banner "fuzz smoke: scripts/fuzz.sh mount_options 20"
+  fuzz_log=$(mktemp)
+  trap 'rm -f "$log" "$fuzz_log"' EXIT
+  set +e
+  scripts/fuzz.sh mount_options 20 > "$fuzz_log" 2>&1
+  fuzz_status=$?
+  set -e
+  if ((fuzz_status == 0)); then
+    grep -E '^Done [0-9]+ runs' "$fuzz_log" || tail -n 3 "$fuzz_log"
+  else
+    tail -n 60 "$fuzz_log"
+    echo "fuzz smoke FAILED (exit $fuzz_status); the input is saved under fuzz/artifacts/mount_options/"
+  fi
+else
+  banner "fuzz smoke: skipped (cargo-fuzz is not installed; scripts/fuzz.sh installs it)"
+fi
+
+banner "summary ($((SECONDS - started)) s)"
+passed=$(grep -E '^test result: ' "$log" | grep -oE '[0-9]+ passed' | awk '{s += $1} END {print s + 0}')
+failed=$(grep -E '^test result: ' "$log" | grep -oE '[0-9]+ failed' | awk '{s += $1} END {print s + 0}')
 skipped=$(grep -c '^SKIP ' "$log" || true)
+((test_status == 0)) || echo "cargo test FAILED (exit $test_status)"
+((fuzz_status == 0)) || echo "fuzz smoke FAILED (exit $fuzz_status)"
 echo "tests: $passed passed, $failed failed, $skipped skipped"
-exit "$status"
+((test_status == 0 && fuzz_status == 0))
