@@ -592,3 +592,33 @@ fn sparse_copy_up_and_oci_whiteouts() {
     assert!(u.join(".wh.gone").exists(), "OCI whiteout written");
     assert!(!s.mnt.join("gone").exists());
 }
+
+/// A lower hard-link group copied up by strata stays one file for kernel overlayfs too:
+/// strata writes the kernel's origin record and index entry (with its nlink record) beside
+/// its own, so the kernel mounted over strata's upper shows the same data and link counts.
+#[test]
+fn hard_link_groups_readable_by_kernel() {
+    if !require_mount_env() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    write(&fx.layer(0).join("x"), b"data\n");
+    fs::hard_link(fx.layer(0).join("x"), fx.layer(0).join("y")).unwrap();
+    fs::hard_link(fx.layer(0).join("x"), fx.layer(0).join("d")).unwrap();
+    let (u, w, m) = (fx.path("u"), fx.path("w"), fx.path("m"));
+    let s = StrataMount::with_upper(&fx.layers, &u, &w, &m);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(s.mnt.join("x"))
+        .unwrap()
+        .write_all(b"more\n")
+        .unwrap();
+    fs::remove_file(s.mnt.join("d")).unwrap();
+    let want = snapshot(&s.mnt);
+    assert!(s.stop().success());
+    let k = KernelOverlay::with_upper(&fx.layers, &u, &w, &m);
+    let got = kernel_snapshot(&k.mnt);
+    assert_same(&want, &got, "kernel over strata's upper, hard-link group");
+    assert_eq!(fs::read(k.mnt.join("y")).unwrap(), b"data\nmore\n");
+    assert_eq!(fs::metadata(k.mnt.join("y")).unwrap().nlink(), 2);
+}

@@ -6,12 +6,14 @@
 
 mod dir;
 mod fs;
+mod handle;
 mod process;
 mod write;
 mod xattr;
 
 pub use dir::{DirEntry, read_dir};
 pub use fs::*;
+pub use handle::*;
 pub use process::*;
 pub use write::*;
 pub use xattr::*;

@@ -72,13 +72,14 @@ impl Union {
                 copies.insert(0, DirCopy::new(0, fd, &ust, true));
             }
             Place::Leaf {
-                dir, name: real, ..
+                dir,
+                name: real,
+                layer,
             } => {
-                let (dir, real) = (dir.clone(), real.clone());
-                let st = sys::stat_at(dir.as_fd(), &real)?;
+                let (dir, real, layer) = (dir.clone(), real.clone(), *layer);
                 let tmp = self.stage_name();
                 let work = self.work()?.as_fd();
-                let staged = self.stage_leaf(node, dir.as_fd(), &real, &st, work, &tmp);
+                let staged = self.stage_leaf(node, layer, dir.as_fd(), &real, work, &tmp);
                 self.place_staged(staged, work, &tmp, pdir.as_fd(), &name, false)?;
                 s.place = Place::Leaf {
                     layer: 0,
@@ -99,16 +100,19 @@ impl Union {
     fn stage_leaf(
         &self,
         node: &Node,
+        layer: usize,
         dir: BorrowedFd<'_>,
         real: &OsStr,
-        st: &Stat,
         work: BorrowedFd<'_>,
         tmp: &OsStr,
     ) -> io::Result<()> {
+        let st = &sys::stat_at(dir, real)?;
+        let origin = self.origin_of(layer, dir, real);
         let index = self.index.as_ref().filter(|_| st.st_nlink > 1);
         let Some(index) = index else {
             stage_object(dir, real, st, work, tmp)?;
             self.finish_copy(dir, real, st, work, tmp)?;
+            self.record_origin(origin.as_deref(), work, tmp, false);
             return self.record_ino(work, tmp, node.ino);
         };
         let entry = super::index_name(node.ino);
@@ -120,6 +124,7 @@ impl Union {
         stage_object(dir, real, st, work, tmp)?;
         self.finish_copy(dir, real, st, work, tmp)?;
         self.record_ino(work, tmp, node.ino)?;
+        self.record_origin(origin.as_deref(), work, tmp, true);
         self.set_lower_rest(work, tmp, st.st_nlink - 1)?;
         sys::link_at(work, tmp, index.as_fd(), &entry)
     }
@@ -143,17 +148,19 @@ impl Union {
                 }
                 Ok(())
             }
-            Place::Leaf { dir, name, .. } => {
+            Place::Leaf { dir, name, layer } => {
                 let st = sys::stat_at(dir.as_fd(), name)?;
                 if st.st_nlink <= 1 {
                     return Ok(());
                 }
+                let origin = self.origin_of(*layer, dir.as_fd(), name);
                 let work = self.work()?.as_fd();
                 let tmp = self.stage_name();
                 let entry = super::index_name(node.ino);
                 let staged = stage_object(dir.as_fd(), name, &st, work, &tmp)
                     .and_then(|()| self.finish_copy(dir.as_fd(), name, &st, work, &tmp))
                     .and_then(|()| self.record_ino(work, &tmp, node.ino))
+                    .map(|()| self.record_origin(origin.as_deref(), work, &tmp, true))
                     .and_then(|()| self.set_lower_rest(work, &tmp, st.st_nlink - 1));
                 self.place_staged(staged, work, &tmp, index.as_fd(), &entry, false)?;
                 s.place = Place::Leaf {

@@ -66,6 +66,8 @@ pub struct Layer {
     pub root: Arc<OwnedFd>,
     /// The writable layer (there is at most one, and it is the topmost).
     pub upper: bool,
+    /// Uuid of the layer's filesystem, part of the kernel's origin records.
+    pub uuid: [u8; 16],
 }
 
 /// What a directory copy says about the names below it.

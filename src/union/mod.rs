@@ -49,6 +49,8 @@ pub struct Stack {
 const STAGING: &str = "work";
 /// strata's hard-link index, beside the staging directory.
 const INDEX: &str = "strata-index";
+/// The kernel's hard-link index directory.
+const KERNEL_INDEX: &str = "index";
 
 /// A listing snapshot for one open directory.
 struct DirHandle {
@@ -82,17 +84,21 @@ pub struct Union {
     index: Option<Arc<OwnedFd>>,
     /// `overlay.strata.nlink` on an indexed file: its lower names not (yet) in the upper.
     nlink_xattr: Vec<u8>,
+    /// `workdir/index`: the kernel's hard-link index (`index=on`), kept alongside strata's so
+    /// kernel overlayfs mounted over this upper sees hard-link groups as one file too.
+    kernel_index: Option<Arc<OwnedFd>>,
 }
 
 impl Union {
     pub fn new(stack: Stack, whiteout: crate::options::WhiteoutFormat) -> io::Result<Self> {
-        let (work, index) = match (&stack.upper, &stack.work) {
+        let (work, index, kernel_index) = match (&stack.upper, &stack.work) {
             (Some(_), Some(w)) => (
                 Some(Arc::new(prepare_work(w.as_fd())?)),
                 Some(Arc::new(open_or_make_dir(w.as_fd(), INDEX)?)),
+                Some(Arc::new(open_or_make_dir(w.as_fd(), KERNEL_INDEX)?)),
             ),
             (Some(_), None) => return Err(err(libc::EINVAL)),
-            _ => (None, None),
+            _ => (None, None, None),
         };
         let privileged = work.as_ref().is_some_and(|w| can_set_trusted(w.as_fd()));
         let prefix: &'static [u8] = if privileged {
@@ -106,14 +112,19 @@ impl Union {
             (crate::options::WhiteoutFormat::Auto, Some(w)) => sys::can_mknod_whiteout(w.as_fd()),
         };
         let mut layers = Vec::new();
+        let uuid = |fd: &OwnedFd| {
+            sys::open_dir_for_read(fd.as_fd()).map_or([0; 16], |d| sys::fs_uuid(d.as_fd()))
+        };
         if let Some(u) = stack.upper {
             layers.push(Layer {
+                uuid: uuid(&u),
                 root: Arc::new(u),
                 upper: true,
             });
         }
         for l in stack.lowers {
             layers.push(Layer {
+                uuid: uuid(&l),
                 root: Arc::new(l),
                 upper: false,
             });
@@ -136,6 +147,7 @@ impl Union {
             impure_xattr: [prefix, b"impure"].concat(),
             index,
             nlink_xattr: [prefix, b"strata.nlink"].concat(),
+            kernel_index,
         };
         // The root merges every layer; opacity of a layer root is ignored, as in the kernel.
         let mut copies = Vec::new();
@@ -277,7 +289,62 @@ impl Union {
         name: &OsStr,
         n: u64,
     ) -> io::Result<()> {
-        sys::set_xattr(dir, name, &self.nlink_xattr, &n.to_le_bytes(), 0)
+        sys::set_xattr(dir, name, &self.nlink_xattr, &n.to_le_bytes(), 0)?;
+        // The kernel's record: merged link count relative to the upper inode's ("U+n"), which
+        // counts the index links too.
+        let kernel = format!("U{:+}", n as i64 - self.index_links(dir, name) as i64);
+        sys::set_xattr(dir, name, &self.xattr(b"nlink"), kernel.as_bytes(), 0)
+    }
+
+    /// How many of an indexed file's links are index entries (strata's, and the kernel's
+    /// where it could be made), not names.
+    pub(super) fn index_links(&self, dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> u64 {
+        match sys::get_xattr_value(dir, name, &self.xattr(b"strata.links")) {
+            Ok(Some(v)) => v.try_into().map_or(1, u64::from_le_bytes),
+            _ => 1,
+        }
+    }
+
+    /// The kernel's origin record (`struct ovl_fb`) of `name` in `dir` on lower `layer`: a file
+    /// handle with the filesystem's uuid. None where the filesystem gives no handles.
+    pub(super) fn origin_of(
+        &self,
+        layer: usize,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Option<Vec<u8>> {
+        let (kind, fid) = sys::file_handle_at(dir, name).ok()?;
+        let mut fb = vec![0u8, 0xfb, (21 + fid.len()) as u8, 0, kind as u8];
+        fb.extend_from_slice(&self.layers.get(layer)?.uuid);
+        fb.extend_from_slice(&fid);
+        Some(fb)
+    }
+
+    /// Records a staged copy's origin and, for a hard-link group, links it into the kernel's
+    /// index. Best effort: interop with kernel overlayfs, never a reason to fail a copy-up.
+    pub(super) fn record_origin(
+        &self,
+        origin: Option<&[u8]>,
+        work: std::os::fd::BorrowedFd<'_>,
+        tmp: &OsStr,
+        group: bool,
+    ) {
+        let Some(fb) = origin else { return };
+        if sys::set_xattr(work, tmp, &self.xattr(b"origin"), fb, 0).is_err() || !group {
+            return;
+        }
+        if let Some(kindex) = &self.kernel_index {
+            let hex: String = fb.iter().map(|b| format!("{b:02x}")).collect();
+            let linked = sys::link_at(work, tmp, kindex.as_fd(), OsStr::new(&hex)).is_ok();
+            let links: u64 = if linked { 2 } else { 1 };
+            let _ = sys::set_xattr(
+                work,
+                tmp,
+                &self.xattr(b"strata.links"),
+                &links.to_le_bytes(),
+                0,
+            );
+        }
     }
 
     /// Presents a real stat as the union's: stable inode number, and nlink 1 for merged
@@ -297,8 +364,9 @@ impl Union {
             } = &node.state().place
             && let Ok(Some(rest)) = self.lower_rest(dir.as_fd(), name)
         {
-            // Upper links other than the index's, plus the lower names still standing.
-            st.st_nlink = (st.st_nlink.saturating_sub(1) + rest) as _;
+            // Upper links other than the index entries, plus the lower names still standing.
+            let links = self.index_links(dir.as_fd(), name);
+            st.st_nlink = (st.st_nlink.saturating_sub(links) + rest) as _;
         }
         if let Place::Dir(copies) = &node.state().place
             && copies.len() > 1
