@@ -2,7 +2,8 @@
 //! small pool so they collide, data up to a few MiB, fds kept open across operations) run on
 //! strata and on kernel overlayfs (`redirect_dir=on,index=on`) over identical layers with
 //! whiteouts and opaque directories. Every result (value or errno) must match, the final
-//! trees must match, and strata's tree must match again after unmount + remount.
+//! trees must match, strata's tree must match again after unmount + remount, and kernel
+//! overlayfs mounted over the upper strata wrote must show that tree too.
 //!
 //! `PROPTEST_CASES` sets the number of sequences (default 24). Failures shrink to a minimal
 //! sequence.
@@ -345,5 +346,9 @@ proptest! {
         prop_assert!(s.stop().success());
         let s = StrataMount::with_upper(&sfx.layers, &su, &sw, &sm);
         assert_same(&want, &snapshot(&s.mnt), "after remount");
+        drop(s);
+        // The upper strata wrote reads the same in kernel overlayfs.
+        let k2 = KernelOverlay::with_upper(&sfx.layers, &su, &sw, &sm);
+        assert_same(&want, &kernel_snapshot(&k2.mnt), "kernel over strata's upper");
     }
 }
