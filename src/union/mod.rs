@@ -355,13 +355,16 @@ impl Union {
             st.st_nlink = 0;
         } else if node.hidden_link.lock().is_ok_and(|h| h.is_some()) {
             st.st_nlink = st.st_nlink.saturating_sub(1);
-        } else if self.index.is_some()
+        } else if let Some(index) = &self.index
             && !node.is_dir
             && let Place::Leaf {
                 layer: 0,
                 dir,
                 name,
             } = &node.state().place
+            // An indexed file has a link in the index: more than one link, or (its last upper
+            // name gone) it is reached through the index itself. Other files skip the xattr.
+            && (st.st_nlink > 1 || Arc::ptr_eq(dir, index))
             && let Ok(Some(rest)) = self.lower_rest(dir.as_fd(), name)
         {
             // Upper links other than the index entries, plus the lower names still standing.
