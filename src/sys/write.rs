@@ -286,3 +286,58 @@ pub fn can_mknod_whiteout(dir: impl AsFd) -> bool {
     let _ = unlink_at(dir, probe, false);
     ok
 }
+
+/// An unnamed regular file in directory `dir` (`O_TMPFILE`), to be given owner, mode and
+/// xattrs before `link_tmpfile` makes it appear at once, complete. Its inode is allocated near
+/// `dir`, as for any file created there.
+pub fn open_tmpfile(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?)
+}
+
+/// Gives the `O_TMPFILE` file `fd` the name `name` in `dir` (fails if the name exists).
+pub fn link_tmpfile(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    match rustix::fs::linkat(fd, "", dir, name, AtFlags::EMPTY_PATH) {
+        // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH on older kernels; the magic link does not.
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM) => {
+            use std::os::fd::AsRawFd;
+            let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            Ok(rustix::fs::linkat(
+                rustix::fs::CWD,
+                path.as_str(),
+                dir,
+                name,
+                AtFlags::SYMLINK_FOLLOW,
+            )?)
+        }
+        r => Ok(r?),
+    }
+}
+
+/// fchown: `None` leaves that id unchanged.
+pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    Ok(rustix::fs::fchown(
+        fd,
+        uid.map(rustix::fs::Uid::from_raw),
+        gid.map(rustix::fs::Gid::from_raw),
+    )?)
+}
+
+pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?)
+}
+
+pub fn set_xattr_fd(fd: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
+    let key =
+        std::ffi::CString::new(key).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok(rustix::fs::fsetxattr(
+        fd,
+        key.as_c_str(),
+        value,
+        rustix::fs::XattrFlags::empty(),
+    )?)
+}

@@ -114,6 +114,14 @@ impl Union {
         let pdir = self.upper_dir(parent)?;
         let pdir = pdir.as_fd();
         let hole = self.hole_at(pdir, name)?;
+        if mode & libc::S_IFMT == libc::S_IFREG && hole == Hole::Empty {
+            match self.new_file_in_place(pdir, name, mode, who) {
+                Ok(()) => return self.lookup(parent.id, name),
+                // No O_TMPFILE on the upper's filesystem: stage through the workdir.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let work = self.work()?.as_fd();
         let tmp = self.stage_name();
         let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
@@ -159,19 +167,53 @@ impl Union {
         self.lookup(parent.id, name)
     }
 
+    /// A new regular file where nothing (not even a whiteout) stands: made unnamed in the
+    /// parent itself (`O_TMPFILE`), given owner and mode, then linked in, so it appears
+    /// complete as a staged one would. Unlike staging in the workdir, the filesystem allocates
+    /// its inode near the parent: ext4 slows down badly when every new inode comes from the
+    /// workdir's block group (untar of 20k files: 3.8x the kernel's time with staging).
+    fn new_file_in_place(
+        &self,
+        pdir: BorrowedFd<'_>,
+        name: &OsStr,
+        mode: u32,
+        who: Caller,
+    ) -> io::Result<()> {
+        let fd = sys::open_tmpfile(pdir)?;
+        let pst = sys::stat_fd(pdir)?;
+        // A set-group-id directory hands its group down.
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            pst.st_gid
+        } else {
+            who.gid
+        };
+        sys::chown_fd(fd.as_fd(), Some(who.uid), Some(gid))?;
+        sys::chmod_fd(fd.as_fd(), mode & 0o7777)?;
+        if let Some(fresh) = self.fresh_ino(&sys::stat_fd(fd.as_fd())?) {
+            sys::set_xattr_fd(fd.as_fd(), &self.ino_xattr, &fresh.to_le_bytes())?;
+            self.mark_impure(pdir);
+        }
+        sys::link_tmpfile(fd.as_fd(), pdir, name)
+    }
+
     /// The filesystem may give a new file the inode number of one just deleted, whose node the
     /// kernel may not have forgotten yet: the new file would be taken for the old one. Such a
-    /// file gets a number of its own, recorded like a copied-up file's (the parent is marked
-    /// impure when it is placed).
-    fn avoid_reused_ino(&self, work: BorrowedFd<'_>, tmp: &OsStr) -> io::Result<bool> {
-        let st = sys::stat_at(work, tmp)?;
+    /// file gets a number of its own, recorded like a copied-up file's.
+    fn fresh_ino(&self, st: &Stat) -> Option<u64> {
         if !self.nodes.contains(self.inos.map(st.st_dev, st.st_ino)) {
-            return Ok(false);
+            return None;
         }
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos() as u64);
-        let fresh = (1 << 63) | ((st.st_ino & 0xffff_ffff) << 31) | (nanos & 0x7fff_ffff);
+        Some((1 << 63) | ((st.st_ino & 0xffff_ffff) << 31) | (nanos & 0x7fff_ffff))
+    }
+
+    /// `fresh_ino` for a staged entry (the parent is marked impure when it is placed).
+    fn avoid_reused_ino(&self, work: BorrowedFd<'_>, tmp: &OsStr) -> io::Result<bool> {
+        let Some(fresh) = self.fresh_ino(&sys::stat_at(work, tmp)?) else {
+            return Ok(false);
+        };
         match sys::set_xattr(work, tmp, &self.ino_xattr, &fresh.to_le_bytes(), 0) {
             // user.* xattrs are refused on symlinks (rootless): nothing better to do.
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(false),
