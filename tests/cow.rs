@@ -308,7 +308,7 @@ fn scripted_sequence_matches_kernel() {
         "workdir left dirty"
     );
 
-    let k2 = KernelOverlay::with_upper(&sfx.layers, &su, &sw, &sm);
+    let k2 = KernelOverlay::over_strata_upper(&sfx.layers, &su, &sw, &sm);
     assert_same(
         &want,
         &kernel_snapshot(&k2.mnt),
@@ -402,7 +402,7 @@ fn lower_directory_renames_match_kernel() {
         "strata after remount (redirects followed)",
     );
     drop(s);
-    let k2 = KernelOverlay::with_upper(&sfx.layers, &su, &sw, &sm);
+    let k2 = KernelOverlay::over_strata_upper(&sfx.layers, &su, &sw, &sm);
     assert_same(
         &want,
         &kernel_snapshot(&k2.mnt),
@@ -621,4 +621,86 @@ fn hard_link_groups_readable_by_kernel() {
     assert_same(&want, &got, "kernel over strata's upper, hard-link group");
     assert_eq!(fs::read(k.mnt.join("y")).unwrap(), b"data\nmore\n");
     assert_eq!(fs::metadata(k.mnt.join("y")).unwrap().nlink(), 2);
+}
+
+/// chmod/chown/utimes of a lower file copy up its metadata only (a metacopy): the upper copy
+/// holds no data until the file is opened for writing, while every view (strata, strata after
+/// remount, kernel overlayfs over the same upper) shows the full, unchanged content.
+#[test]
+fn metadata_changes_copy_up_no_data() {
+    if !require_mount_env() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    let big: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    write(&fx.layers[0].join("big"), &big);
+    write(&fx.layers[0].join("small"), b"small lower content");
+    let (u, w, m) = (fx.path("u"), fx.path("w"), fx.path("m"));
+    let s = StrataMount::with_upper(&fx.layers, &u, &w, &m);
+    let lower_blocks = fs::metadata(fx.layers[0].join("big")).unwrap().blocks();
+    chmod(&m.join("big"), 0o600);
+    chown(&m.join("big"), 1234, 5678);
+    chmod(&m.join("small"), 0o640);
+    let md = fs::metadata(m.join("big")).unwrap();
+    assert_eq!(
+        (md.mode() & 0o7777, md.uid(), md.gid()),
+        (0o600, 1234, 5678)
+    );
+    assert_eq!(
+        md.blocks(),
+        lower_blocks,
+        "a metacopy shows its data's blocks"
+    );
+    let upper = fs::metadata(u.join("big")).unwrap();
+    assert_eq!(
+        upper.len(),
+        big.len() as u64,
+        "upper copy has the full size"
+    );
+    assert!(
+        upper.blocks() <= 16,
+        "chmod copied data up: {} blocks",
+        upper.blocks()
+    );
+    assert_eq!(fs::read(m.join("big")).unwrap(), big);
+    // A reader opened before the data is copied up sees the written data afterwards, as in
+    // the kernel (the handle switches to the upper copy).
+    let reader = fs::File::open(m.join("small")).unwrap();
+    drop(s);
+
+    let s = StrataMount::with_upper(&fx.layers, &u, &w, &m);
+    assert_eq!(fs::read(m.join("big")).unwrap(), big, "after remount");
+    assert_eq!(fs::read(m.join("small")).unwrap(), b"small lower content");
+    drop(reader);
+    let reader = fs::File::open(m.join("small")).unwrap();
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(m.join("small"))
+            .unwrap();
+        f.write_all(b"SMALL").unwrap();
+        let mut got = String::new();
+        let mut r = &reader;
+        r.seek(std::io::SeekFrom::Start(0)).unwrap();
+        r.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "SMALL lower content", "old reader sees the write");
+    }
+    drop(reader);
+    let md = fs::metadata(m.join("small")).unwrap();
+    assert_eq!(
+        md.mode() & 0o7777,
+        0o640,
+        "mode kept through the data copy-up"
+    );
+    let upper = fs::metadata(u.join("small")).unwrap();
+    assert!(upper.blocks() > 0, "data copied up on write");
+    let want = snapshot(&m);
+    drop(s);
+    let k = KernelOverlay::over_strata_upper(&fx.layers, &u, &w, &fx.path("k"));
+    assert_same(
+        &want,
+        &kernel_snapshot(&k.mnt),
+        "kernel over strata's metacopies",
+    );
+    assert_eq!(fs::read(k.mnt.join("big")).unwrap(), big);
 }

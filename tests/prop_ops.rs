@@ -348,7 +348,7 @@ proptest! {
         assert_same(&want, &snapshot(&s.mnt), "after remount");
         drop(s);
         // The upper strata wrote reads the same in kernel overlayfs.
-        let k2 = KernelOverlay::with_upper(&sfx.layers, &su, &sw, &sm);
+        let k2 = KernelOverlay::over_strata_upper(&sfx.layers, &su, &sw, &sm);
         assert_same(&want, &kernel_snapshot(&k2.mnt), "kernel over strata's upper");
     }
 }

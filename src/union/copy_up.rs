@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::inode::{Node, Place};
+use super::inode::{LowerData, Node, NodeState, Place};
 use super::layer::{DirCopy, is_internal_xattr};
 use super::{Union, err};
 use crate::sys::{self, RenameMode, SetTime, Stat};
@@ -32,6 +32,11 @@ impl Union {
         }
     }
 
+    /// Whether a node's content, data included, is in the upper layer (not a metacopy).
+    pub(super) fn data_in_upper(s: &NodeState) -> bool {
+        Self::in_upper(&s.place) && s.data.is_none()
+    }
+
     /// The upper copy of directory `node`, copying it (and its parents) up first.
     pub(super) fn upper_dir(&self, node: &Arc<Node>) -> io::Result<Arc<OwnedFd>> {
         self.copy_up(node)?;
@@ -44,9 +49,26 @@ impl Union {
     /// Makes sure `node` has an upper copy. Parents go first, each under its own lock, so
     /// locks are only ever taken child-after-parent-released (no lock order to get wrong).
     pub(super) fn copy_up(&self, node: &Arc<Node>) -> io::Result<()> {
+        self.copy_up_as(node, false)
+    }
+
+    /// Copy-up for a change of metadata only (chmod, chown, utimes): a regular file gets an
+    /// upper copy without its data (a metacopy, in the kernel's format), so `chmod -R` over
+    /// large files costs no data copy. The data follows when the file is opened for writing.
+    pub(super) fn copy_up_meta(&self, node: &Arc<Node>) -> io::Result<()> {
+        self.copy_up_as(node, true)
+    }
+
+    fn copy_up_as(&self, node: &Arc<Node>, meta_only: bool) -> io::Result<()> {
         self.work()?;
+        {
+            let s = node.state();
+            if Self::data_in_upper(&s) || (meta_only && Self::in_upper(&s.place)) {
+                return Ok(());
+            }
+        }
         if Self::in_upper(&node.state().place) {
-            return Ok(());
+            return self.complete_data(node);
         }
         let parent = node.state().parent.clone().ok_or_else(|| err(libc::EIO))?;
         let pdir = self.upper_dir(&parent)?;
@@ -79,8 +101,26 @@ impl Union {
                 let (dir, real, layer) = (dir.clone(), real.clone(), *layer);
                 let tmp = self.stage_name();
                 let work = self.work()?.as_fd();
-                let staged = self.stage_leaf(node, layer, dir.as_fd(), &real, work, &tmp);
+                let st = sys::stat_at(dir.as_fd(), &real)?;
+                // Hard-link groups go through the index with their data (one upper inode
+                // for all names); empty files have no data to defer.
+                let meta = meta_only
+                    && st.st_mode & libc::S_IFMT == libc::S_IFREG
+                    && st.st_nlink == 1
+                    && st.st_size > 0;
+                let staged = if meta {
+                    self.stage_meta(node, layer, dir.as_fd(), &real, &st, work, &tmp)
+                } else {
+                    self.stage_leaf(node, layer, dir.as_fd(), &real, work, &tmp)
+                };
                 self.place_staged(staged, work, &tmp, pdir.as_fd(), &name, false)?;
+                if meta {
+                    s.data = Some(LowerData {
+                        layer,
+                        dir: dir.clone(),
+                        name: real.clone(),
+                    });
+                }
                 s.place = Place::Leaf {
                     layer: 0,
                     dir: pdir.clone(),
@@ -90,7 +130,47 @@ impl Union {
         }
         self.mark_impure(pdir.as_fd());
         // Linking into the parent changed its times; the copy must keep the original ones.
-        restore_times(pdir.as_fd(), &pstat);
+        restore_times(pdir.as_fd(), OsStr::new("."), &pstat);
+        Ok(())
+    }
+
+    /// Stages a metacopy of regular file `real`: full size but no data blocks, all metadata,
+    /// and the kernel's `metacopy` and `origin` records.
+    #[allow(clippy::too_many_arguments)]
+    fn stage_meta(
+        &self,
+        node: &Node,
+        layer: usize,
+        dir: BorrowedFd<'_>,
+        real: &OsStr,
+        st: &Stat,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+    ) -> io::Result<()> {
+        let origin = self.origin_of(layer, dir, real);
+        sys::create_file_at(work, tmp, 0o600, libc::O_WRONLY)?.set_len(st.st_size as u64)?;
+        self.finish_copy(dir, real, st, work, tmp)?;
+        self.record_origin(origin.as_deref(), work, tmp, false);
+        self.record_ino(work, tmp, node.ino)?;
+        sys::set_xattr(work, tmp, &self.xattr(b"metacopy"), b"", 0)
+    }
+
+    /// Fills a metacopy's upper file with its data, in place: until the marker is removed
+    /// (after the data is on disk) a crash leaves a metacopy that still reads the lower data.
+    fn complete_data(&self, node: &Arc<Node>) -> io::Result<()> {
+        let mut s = node.state_mut();
+        let (Some(data), Place::Leaf { dir, name, .. }) = (s.data.clone(), &s.place) else {
+            return Ok(());
+        };
+        let from = sys::open_for_copy(data.dir.as_fd(), &data.name)?;
+        let to = sys::open_file_at(dir.as_fd(), name, libc::O_WRONLY)?;
+        let st = sys::stat_fd(to.as_fd())?;
+        sys::copy_data(&from, &to, st.st_size as u64)?;
+        sys::fsync(&to, true)?;
+        // Filling in the data is not a change the user made: the times stay.
+        restore_times(dir.as_fd(), name, &st);
+        sys::remove_xattr(dir.as_fd(), name, &self.xattr(b"metacopy"))?;
+        s.data = None;
         Ok(())
     }
 
@@ -314,11 +394,11 @@ fn stage_object(
     }
 }
 
-/// Puts a directory's times back after we linked something into it.
-pub(super) fn restore_times(dir: BorrowedFd<'_>, st: &Stat) {
+/// Puts times back after we changed something the user did not (`name` "." for `dir` itself).
+pub(super) fn restore_times(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) {
     let _ = sys::utimens_at(
         dir,
-        OsStr::new("."),
+        name,
         SetTime::At(st.st_atime, st.st_atime_nsec as i64),
         SetTime::At(st.st_mtime, st.st_mtime_nsec as i64),
     );

@@ -32,6 +32,15 @@ pub enum Place {
     },
 }
 
+/// Where a metacopy file's data lives: a regular file in a lower layer. The upper copy holds
+/// only the metadata (owner, mode, times, xattrs) until the file is first opened for writing.
+#[derive(Clone)]
+pub struct LowerData {
+    pub layer: usize,
+    pub dir: Arc<OwnedFd>,
+    pub name: OsString,
+}
+
 pub struct NodeState {
     /// Parent directory (None for the root); keeps the parent's fds alive while we live.
     pub parent: Option<Arc<Node>>,
@@ -41,6 +50,8 @@ pub struct NodeState {
     /// For a directory renamed in the upper layer: its upper copy's redirect, from which the
     /// next rename builds its own.
     pub redirect: Option<Vec<u8>>,
+    /// For a metacopy file (upper copy without data): where its data is.
+    pub data: Option<LowerData>,
 }
 
 pub struct Node {

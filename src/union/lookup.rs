@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::ffi::OsStringExt;
 use std::sync::Arc;
 
-use super::inode::Place;
+use super::inode::{LowerData, Place};
 use super::layer::{DirCopy, Layer, WH_PREFIX};
 use crate::sys::{self, Stat};
 
@@ -82,6 +82,29 @@ pub struct Resolved {
     pub place: Place,
     pub stat: Stat,
     pub redirect: Option<Vec<u8>>,
+    /// For a metacopy upper file: the lower file holding its data.
+    pub data: Option<LowerData>,
+}
+
+/// The xattrs marking an upper file as a metacopy (metadata only; the kernel's format, an
+/// empty value or a version header, both accepted).
+pub const METACOPY_XATTRS: [&[u8]; 2] = [b"trusted.overlay.metacopy", b"user.overlay.metacopy"];
+
+/// Whether upper file `name` in `dir` is a metacopy. A metacopy has no data blocks (at most
+/// one block of xattrs), so large files with data cost no xattr read.
+fn is_metacopy(dir: &std::os::fd::OwnedFd, name: &OsStr, st: &Stat) -> io::Result<bool> {
+    const XATTR_BLOCK_SECTORS: u64 = 16;
+    let (blocks, size) = (st.st_blocks as u64, st.st_size as u64);
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG
+        || size == 0
+        || (blocks > XATTR_BLOCK_SECTORS && blocks * 512 >= size)
+    {
+        return Ok(false);
+    }
+    let names = sys::list_xattr_all(dir.as_fd(), name)?;
+    Ok(names
+        .split(|&b| b == 0)
+        .any(|k| METACOPY_XATTRS.contains(&k)))
 }
 
 /// Resolves `name` below the copies of its parent directory (topmost first).
@@ -141,6 +164,24 @@ pub fn resolve(layers: &[Layer], parent: &[DirCopy], name: &OsStr) -> io::Result
         let Some(st) = found else { continue };
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             if dirs.is_empty() {
+                let mut stat = st;
+                let mut data = None;
+                // A metacopy's data is the same name further down (only the upper copy of a
+                // file can be one, and a file never carries a redirect of its own).
+                if layers[layer].upper
+                    && matches!(look, Look::Name(_))
+                    && is_metacopy(&pdir, &cand, &st)?
+                    && let Ok(Resolved {
+                        place: Place::Leaf { layer, dir, name },
+                        stat: lst,
+                        ..
+                    }) = resolve(layers, parent.get(pi + 1..).unwrap_or_default(), &cand)
+                    && lst.st_mode & libc::S_IFMT == libc::S_IFREG
+                {
+                    // The kernel reports the data's blocks, not the empty copy's.
+                    stat.st_blocks = lst.st_blocks;
+                    data = Some(LowerData { layer, dir, name });
+                }
                 let place = Place::Leaf {
                     layer,
                     dir: pdir,
@@ -148,8 +189,9 @@ pub fn resolve(layers: &[Layer], parent: &[DirCopy], name: &OsStr) -> io::Result
                 };
                 return Ok(Resolved {
                     place,
-                    stat: st,
+                    stat,
                     redirect: None,
+                    data,
                 });
             }
             // A file below a directory is hidden by it.
@@ -193,6 +235,7 @@ pub fn resolve(layers: &[Layer], parent: &[DirCopy], name: &OsStr) -> io::Result
             place: Place::Dir(dirs),
             stat,
             redirect,
+            data: None,
         }),
         None => Err(enoent()),
     }

@@ -167,6 +167,7 @@ impl Union {
                 name: OsString::new(),
                 place: Place::Dir(copies),
                 redirect: None,
+                data: None,
             },
         );
         Ok(u)
@@ -176,10 +177,7 @@ impl Union {
     /// is no upper to copy it to. Only such files may be served by FUSE passthrough, whose
     /// backing file is fixed per inode while any handle is open.
     pub fn data_settled(&self, id: u64) -> bool {
-        !self.has_upper()
-            || self
-                .node(id)
-                .is_ok_and(|n| Self::in_upper(&n.state().place))
+        !self.has_upper() || self.node(id).is_ok_and(|n| Self::data_in_upper(&n.state()))
     }
 
     pub fn has_upper(&self) -> bool {
@@ -213,6 +211,7 @@ impl Union {
             name: name.to_owned(),
             place,
             redirect: found.redirect,
+            data: found.data,
         });
         let st = self.fix_stat(&node, st);
         Ok((node, st))
@@ -382,10 +381,24 @@ impl Union {
     /// Attributes through an open handle: still right after the last name is gone.
     pub fn getattr_fh(&self, id: u64, fh: u64) -> io::Result<Stat> {
         let node = self.node(id)?;
-        let Ok(file) = self.file(fh) else {
-            return self.getattr(id);
+        // A handle on a lower copy (or a metacopy's data) does not carry the file's own
+        // metadata, which may have been copied up since.
+        let file = match self.files.get(&fh) {
+            Some(h) if !h.2 => h.1.clone(),
+            _ => return self.getattr(id),
         };
-        Ok(self.fix_stat(&node, sys::stat_fd(file.as_fd())?))
+        let st = Self::data_blocks(&node.state(), sys::stat_fd(file.as_fd())?);
+        Ok(self.fix_stat(&node, st))
+    }
+
+    /// A metacopy shows its data's blocks (as the kernel does), not its empty copy's.
+    fn data_blocks(s: &inode::NodeState, mut st: Stat) -> Stat {
+        if let Some(d) = &s.data
+            && let Ok(dst) = sys::stat_at(d.dir.as_fd(), &d.name)
+        {
+            st.st_blocks = dst.st_blocks;
+        }
+        st
     }
 
     pub fn getattr(&self, id: u64) -> io::Result<Stat> {
@@ -394,7 +407,9 @@ impl Union {
             let s = node.state();
             match &s.place {
                 Place::Dir(copies) => sys::stat_fd(copies[0].fd.as_fd())?,
-                Place::Leaf { dir, name, .. } => sys::stat_at(dir.as_fd(), name)?,
+                Place::Leaf { dir, name, .. } => {
+                    Self::data_blocks(&s, sys::stat_at(dir.as_fd(), name)?)
+                }
             }
         };
         Ok(self.fix_stat(&node, st))
@@ -417,11 +432,18 @@ impl Union {
         if writes {
             self.copy_up(&node)?;
         }
-        let file = {
+        let (file, lower) = {
             let s = node.state();
-            match &s.place {
-                Place::Leaf { dir, name, .. } => sys::open_file_at(dir.as_fd(), name, flags)?,
-                Place::Dir(_) => return Err(err(libc::EISDIR)),
+            match (&s.place, &s.data) {
+                // A metacopy read from where its data is (writes have completed the copy).
+                (Place::Leaf { .. }, Some(d)) => {
+                    (sys::open_file_at(d.dir.as_fd(), &d.name, flags)?, true)
+                }
+                (Place::Leaf { dir, name, .. }, None) => (
+                    sys::open_file_at(dir.as_fd(), name, flags)?,
+                    !Self::in_upper(&s.place),
+                ),
+                (Place::Dir(_), _) => return Err(err(libc::EISDIR)),
             }
         };
         if flags & libc::O_TRUNC != 0 {
@@ -430,7 +452,6 @@ impl Union {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let file = Arc::new(file);
         node.opens.fetch_add(1, Ordering::Relaxed);
-        let lower = !Self::in_upper(&node.state().place);
         self.files.insert(fh, (node, file.clone(), lower));
         Ok((fh, file))
     }
@@ -461,7 +482,7 @@ impl Union {
             .get(&fh)
             .map(|h| h.value().clone())
             .ok_or_else(|| err(libc::EBADF))?;
-        if !lower || !Self::in_upper(&node.state().place) {
+        if !lower || !Self::data_in_upper(&node.state()) {
             return Ok(file);
         }
         let upper = {

@@ -490,7 +490,11 @@ impl Union {
 
     pub fn setattr(&self, id: u64, a: &SetAttr) -> io::Result<Stat> {
         let node = self.node(id)?;
-        self.copy_up(&node)?;
+        if a.size.is_some() {
+            self.copy_up(&node)?;
+        } else {
+            self.copy_up_meta(&node)?;
+        }
         let (dir, name): (Arc<OwnedFd>, OsString) = {
             let s = node.state();
             match &s.place {

@@ -351,6 +351,19 @@ impl KernelOverlay {
         Self::mount(&opt, mnt)
     }
 
+    /// Over an upper strata wrote: as `with_upper`, plus `metacopy=on` so the kernel follows
+    /// strata's metadata-only copies (chmod/chown of lower files) to their lower data.
+    pub fn over_strata_upper(
+        layers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+    ) -> KernelOverlay {
+        let mut opt = upper_opt(layers, upper, work);
+        opt.extend_from_slice(b",redirect_dir=on,index=on,metacopy=on");
+        Self::mount(&opt, mnt)
+    }
+
     fn mount(opt: &[u8], mnt: &Path) -> KernelOverlay {
         let out = Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o"])
