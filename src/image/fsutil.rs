@@ -17,7 +17,8 @@ pub fn open_beneath(root: BorrowedFd<'_>, path: &[u8]) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat2(
         root,
         OsStr::from_bytes(path),
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        // No O_NOFOLLOW: RESOLVE_NO_SYMLINKS makes a final symlink ELOOP too (not ENOTDIR).
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
     )?)

@@ -108,6 +108,7 @@ impl Source {
                         .and_then(|mut d| io::copy(&mut d, &mut out)),
                 };
                 res.map_err(io_err("decompressing", path))?;
+                io::Seek::rewind(&mut out).map_err(io_err("reading", &out_path))?;
                 (out, Some(staging))
             }
         };
