@@ -463,12 +463,11 @@ fn import_oci_layout_dir_gzip_zstd_merged_view() {
             .unwrap()
             .ino()
     );
-    assert_eq!(
+    assert!(
         fs::symlink_metadata(run.lowers[2].join("tree/link"))
             .unwrap()
             .file_type()
-            .is_symlink(),
-        true
+            .is_symlink()
     );
     assert_eq!(b.mtime(), 1_600_000_000);
     check_merged(&store, "test/app:v1", "in-process union");
@@ -803,7 +802,7 @@ fn commit_upper_then_view_and_export() {
     if root {
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &up.join("data/b"),
+            up.join("data/b"),
             rustix::fs::FileType::CharacterDevice,
             rustix::fs::Mode::empty(),
             0,
@@ -825,7 +824,7 @@ fn commit_upper_then_view_and_export() {
     if root {
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &up.join("tree"),
+            up.join("tree"),
             rustix::fs::FileType::CharacterDevice,
             rustix::fs::Mode::empty(),
             0,
