@@ -25,6 +25,8 @@ declare -A by_command=(
   [python3]=python3          # benchmark fixture builder and report
   [bc]=bc
   [cc]=gcc                   # the linker cargo uses
+  [skopeo]=skopeo            # tests: exported OCI layouts read back
+  [umoci]=umoci              # tests: exported OCI layouts unpacked
 )
 # packages checked by name (their command may come from another package)
 by_package=(

@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 
 pub mod fuse;
+pub mod image;
 pub mod mount;
 pub mod options;
 #[allow(unsafe_code)]

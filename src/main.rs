@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use strata::mount::{MountRequest, umount};
+
+mod image_cli;
 use strata::options::MountOptions;
 
 #[derive(Parser)]
@@ -17,6 +19,9 @@ use strata::options::MountOptions;
     about = "Union filesystem for container layers"
 )]
 struct Cli {
+    /// Image store directory [default: $XDG_DATA_HOME/strata, /var/lib/strata for root].
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -32,6 +37,11 @@ enum Cmd {
         #[arg(short, long)]
         lazy: bool,
     },
+    /// Manage OCI images in the layer store.
+    #[command(subcommand)]
+    Image(image_cli::ImageCmd),
+    /// Turn an upper layer into a new image on top of IMAGE.
+    Commit(image_cli::CommitArgs),
 }
 
 #[derive(clap::Args)]
@@ -77,6 +87,9 @@ fn normalise_args() -> Vec<OsString> {
     const KNOWN: &[&[u8]] = &[
         b"mount",
         b"umount",
+        b"image",
+        b"commit",
+        b"--root",
         b"help",
         b"-h",
         b"--help",
@@ -133,6 +146,8 @@ fn run() -> anyhow::Result<()> {
             umount(&mountpoint, lazy)
                 .with_context(|| format!("unmounting {}", mountpoint.display()))?;
         }
+        Cmd::Image(c) => image_cli::image(cli.root, c)?,
+        Cmd::Commit(a) => image_cli::commit(cli.root, a)?,
     }
     Ok(())
 }

@@ -1,0 +1,490 @@
+//! `strata commit`: an upper layer (strata's or kernel overlayfs's) becomes an OCI layer.
+//!
+//! The upper is walked with names sorted (a deterministic tar): deletions (char 0/0 devices,
+//! xattr whiteouts, `.wh.` files) become `.wh.<name>` entries, opaque directories get a
+//! `.wh..wh..opq` entry, and a renamed directory (an `overlay.redirect` xattr: its content
+//! still lives in the lower layers under its old name) is written whole as an opaque
+//! directory, its merged content read through an in-process union of the upper over the
+//! image's layers. The union's own xattrs are left out; escaped user ones are unescaped.
+//! The tar is gzip-compressed, hashed both ways, then staged and checked like an imported
+//! layer before it enters the store.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, BufWriter};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use tar::{EntryType, Header};
+
+use super::digest::{Digest, HashWriter, chain_ids};
+use super::error::{Result, invalid, io_err};
+use super::layer::{self, LayerJob};
+use super::merged::Merged;
+use super::oci::{self, Descriptor};
+use super::progress;
+use super::store::{ImageRecord, Store};
+use super::unpack::UnpackOptions;
+use crate::sys::{self, Stat};
+use crate::union::shown_xattr_name;
+
+const REDIRECT: [&[u8]; 2] = [b"trusted.overlay.redirect", b"user.overlay.redirect"];
+const OPAQUE: [&[u8]; 3] = [
+    b"trusted.overlay.opaque",
+    b"user.overlay.opaque",
+    b"user.fuseoverlayfs.opaque",
+];
+const WHITEOUT: [&[u8]; 2] = [b"trusted.overlay.whiteout", b"user.overlay.whiteout"];
+
+type Sink = HashWriter<flate2::write::GzEncoder<HashWriter<BufWriter<File>>>>;
+
+struct Writer<'a> {
+    tar: tar::Builder<Sink>,
+    upper: &'a Path,
+    /// The image's layers under the upper, for redirected directories (built on first use).
+    lowers: &'a [PathBuf],
+    merged: Option<Merged>,
+    /// (dev, ino) of files with several links -> the first path written.
+    links: HashMap<(u64, u64), Vec<u8>>,
+}
+
+fn err_at(
+    step: &'static str,
+    upper: &Path,
+    rel: &[u8],
+) -> impl FnOnce(io::Error) -> super::error::ImageError {
+    io_err(step, upper.join(OsStr::from_bytes(rel)))
+}
+
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        name.to_vec()
+    } else {
+        [parent, b"/", name].concat()
+    }
+}
+
+fn header(kind: EntryType, st: &Stat) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(st.st_mode & 0o7777);
+    h.set_uid(st.st_uid.into());
+    h.set_gid(st.st_gid.into());
+    h.set_mtime(st.st_mtime.max(0) as u64);
+    h.set_size(0);
+    h
+}
+
+fn has_value(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    keys: &[&[u8]],
+    want: Option<&[u8]>,
+) -> io::Result<bool> {
+    for k in keys {
+        if let Some(v) = sys::get_xattr_value(dir, name, k)?
+            && want.is_none_or(|w| v == w)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A user's xattrs of an entry in the upper (the union's own left out, escaped ones shown).
+fn user_xattrs(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for key in sys::list_xattr_all(dir, name)?
+        .split(|&b| b == 0)
+        .filter(|k| !k.is_empty())
+    {
+        let Some(shown) = shown_xattr_name(key) else {
+            continue;
+        };
+        let (Ok(shown), Some(v)) = (
+            std::str::from_utf8(&shown),
+            sys::get_xattr_value(dir, name, key)?,
+        ) else {
+            continue;
+        };
+        out.push((shown.to_owned(), v));
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl Writer<'_> {
+    fn pax(&mut self, xattrs: &[(String, Vec<u8>)]) -> io::Result<()> {
+        if xattrs.is_empty() {
+            return Ok(());
+        }
+        let recs: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice()))
+            .collect();
+        self.tar
+            .append_pax_extensions(recs.iter().map(|(k, v)| (k.as_str(), *v)))
+    }
+
+    fn empty(&mut self, kind: EntryType, st: &Stat, path: &[u8]) -> io::Result<()> {
+        let mut h = header(kind, st);
+        self.tar
+            .append_data(&mut h, OsStr::from_bytes(path), io::empty())
+    }
+
+    fn whiteout(&mut self, parent: &[u8], name: &[u8], st: &Stat) -> io::Result<()> {
+        let mut wh = b".wh.".to_vec();
+        wh.extend_from_slice(name);
+        let mut st = *st;
+        st.st_mode = 0o644;
+        self.empty(EntryType::Regular, &st, &join(parent, &wh))
+    }
+
+    /// Writes the entries of the upper directory `dir` (at `rel` in the tree).
+    fn walk(&mut self, dir: BorrowedFd<'_>, rel: &[u8]) -> Result<()> {
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        sys::read_dir(dir, |e| {
+            names.push(e.name.to_vec());
+            Ok(())
+        })
+        .map_err(err_at("listing", self.upper, rel))?;
+        names.sort();
+        let here = OsStr::new("");
+        let xwhiteouts = has_value(dir, here, &OPAQUE, Some(b"x")).map_err(err_at(
+            "reading xattrs of",
+            self.upper,
+            rel,
+        ))?;
+        for name in names {
+            let path = join(rel, &name);
+            let err = |step| err_at(step, self.upper, &path);
+            let n = OsStr::from_bytes(&name);
+            let st = sys::stat_at(dir, n).map_err(err("stat"))?;
+            let fmt = st.st_mode & libc::S_IFMT;
+            if name.starts_with(b".wh.") {
+                // Already OCI form (strata's rootless whiteouts, opaque markers).
+                self.empty(EntryType::Regular, &st, &path)
+                    .map_err(err("writing"))?;
+                continue;
+            }
+            let xwh = xwhiteouts
+                && fmt == libc::S_IFREG
+                && st.st_size == 0
+                && has_value(dir, n, &WHITEOUT, None).map_err(err("reading xattrs of"))?;
+            if (fmt == libc::S_IFCHR && st.st_rdev == 0) || xwh {
+                self.whiteout(rel, &name, &st).map_err(err("writing"))?;
+                continue;
+            }
+            if fmt == libc::S_IFDIR {
+                if has_value(dir, n, &REDIRECT, None).map_err(err("reading xattrs of"))? {
+                    self.merged_dir(&path)?;
+                    continue;
+                }
+                let xattrs = user_xattrs(dir, n).map_err(err("reading xattrs of"))?;
+                self.pax(&xattrs).map_err(err("writing"))?;
+                self.empty(EntryType::Directory, &st, &path)
+                    .map_err(err("writing"))?;
+                if has_value(dir, n, &OPAQUE, Some(b"y")).map_err(err("reading xattrs of"))? {
+                    let mut m = st;
+                    m.st_mode = 0o644;
+                    self.empty(EntryType::Regular, &m, &join(&path, b".wh..wh..opq"))
+                        .map_err(err("writing"))?;
+                }
+                let sub = sys::open_path_at(dir, n).map_err(err("opening"))?;
+                self.walk(sub.as_fd(), &path)?;
+                continue;
+            }
+            let xattrs = user_xattrs(dir, n).map_err(err("reading xattrs of"))?;
+            if st.st_nlink > 1 && fmt != libc::S_IFDIR {
+                if let Some(first) = self.links.get(&(st.st_dev, st.st_ino)).cloned() {
+                    let mut h = header(EntryType::Link, &st);
+                    self.tar
+                        .append_link(&mut h, OsStr::from_bytes(&path), OsStr::from_bytes(&first))
+                        .map_err(err("writing"))?;
+                    continue;
+                }
+                self.links.insert((st.st_dev, st.st_ino), path.clone());
+            }
+            self.pax(&xattrs).map_err(err("writing"))?;
+            match fmt {
+                libc::S_IFREG => {
+                    let f = sys::open_for_copy(dir, n).map_err(err("opening"))?;
+                    let mut h = header(EntryType::Regular, &st);
+                    h.set_size(st.st_size as u64);
+                    self.tar
+                        .append_data(&mut h, OsStr::from_bytes(&path), f)
+                        .map_err(err("writing"))?;
+                }
+                libc::S_IFLNK => {
+                    let target = sys::readlink_at(dir, n).map_err(err("reading link"))?;
+                    let mut h = header(EntryType::Symlink, &st);
+                    self.tar
+                        .append_link(&mut h, OsStr::from_bytes(&path), OsStr::from_bytes(&target))
+                        .map_err(err("writing"))?;
+                }
+                libc::S_IFCHR | libc::S_IFBLK => {
+                    let kind = if fmt == libc::S_IFCHR {
+                        EntryType::Char
+                    } else {
+                        EntryType::Block
+                    };
+                    let mut h = header(kind, &st);
+                    h.set_device_major(rustix::fs::major(st.st_rdev))
+                        .map_err(err("writing"))?;
+                    h.set_device_minor(rustix::fs::minor(st.st_rdev))
+                        .map_err(err("writing"))?;
+                    self.tar
+                        .append_data(&mut h, OsStr::from_bytes(&path), io::empty())
+                        .map_err(err("writing"))?;
+                }
+                libc::S_IFIFO => self
+                    .empty(EntryType::Fifo, &st, &path)
+                    .map_err(err("writing"))?,
+                // Sockets do not go into layers.
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A renamed directory: written whole, as an opaque directory, from the merged view.
+    fn merged_dir(&mut self, path: &[u8]) -> Result<()> {
+        if self.merged.is_none() {
+            let mut layers = vec![self.upper.to_owned()];
+            layers.extend(self.lowers.iter().cloned());
+            self.merged = Some(Merged::new(&layers)?);
+        }
+        let err = |step| err_at(step, self.upper, path);
+        let found = self
+            .merged
+            .as_ref()
+            .map(|m| m.lookup(path))
+            .transpose()
+            .map_err(err("looking up"))?;
+        let Some(Some((id, st))) = found else {
+            return Err(invalid(
+                self.upper
+                    .join(OsStr::from_bytes(path))
+                    .display()
+                    .to_string(),
+                "renamed directory not found in the merged view",
+            ));
+        };
+        self.merged_entry(id, &st, path)?;
+        let mut m = st;
+        m.st_mode = 0o644;
+        self.empty(EntryType::Regular, &m, &join(path, b".wh..wh..opq"))
+            .map_err(err("writing"))?;
+        self.merged_children(id, path)
+    }
+
+    fn merged_children(&mut self, id: u64, path: &[u8]) -> Result<()> {
+        let err = |step| err_at(step, self.upper, path);
+        let Some(m) = self.merged.as_ref() else {
+            return Ok(());
+        };
+        let names = m.list(id).map_err(err("listing (merged)"))?;
+        for name in names {
+            let child = join(path, &name);
+            let Some(m) = self.merged.as_ref() else {
+                return Ok(());
+            };
+            let (node, st) = m
+                .union
+                .lookup(id, OsStr::from_bytes(&name))
+                .map_err(err_at("looking up (merged)", self.upper, &child))?;
+            self.merged_entry(node.id, &st, &child)?;
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                self.merged_children(node.id, &child)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn merged_entry(&mut self, id: u64, st: &Stat, path: &[u8]) -> Result<()> {
+        let err = |step| err_at(step, self.upper, path);
+        let Some(m) = self.merged.as_ref() else {
+            return Ok(());
+        };
+        let mut xattrs = Vec::new();
+        let list = m
+            .union
+            .listxattr(id)
+            .map_err(err("listing xattrs (merged)"))?;
+        for key in list.split(|&b| b == 0).filter(|k| !k.is_empty()) {
+            let mut buf = vec![0u8; sys::XATTR_MAX];
+            if let (Ok(k), Ok(len)) = (
+                std::str::from_utf8(key),
+                m.union.getxattr(id, key, &mut buf),
+            ) {
+                buf.truncate(len);
+                xattrs.push((k.to_owned(), buf));
+            }
+        }
+        let fmt = st.st_mode & libc::S_IFMT;
+        let data = match fmt {
+            libc::S_IFREG => Some(m.read_file(id).map_err(err("reading (merged)"))?),
+            _ => None,
+        };
+        let target = match fmt {
+            libc::S_IFLNK => Some(m.union.readlink(id).map_err(err("reading link (merged)"))?),
+            _ => None,
+        };
+        self.pax(&xattrs).map_err(err("writing"))?;
+        let p = OsStr::from_bytes(path);
+        let w = match fmt {
+            libc::S_IFDIR => self.empty(EntryType::Directory, st, path),
+            libc::S_IFREG => {
+                let data = data.unwrap_or_default();
+                let mut h = header(EntryType::Regular, st);
+                h.set_size(data.len() as u64);
+                self.tar.append_data(&mut h, p, data.as_slice())
+            }
+            libc::S_IFLNK => {
+                let mut h = header(EntryType::Symlink, st);
+                self.tar
+                    .append_link(&mut h, p, OsStr::from_bytes(&target.unwrap_or_default()))
+            }
+            libc::S_IFIFO => self.empty(EntryType::Fifo, st, path),
+            libc::S_IFCHR | libc::S_IFBLK => {
+                let kind = if fmt == libc::S_IFCHR {
+                    EntryType::Char
+                } else {
+                    EntryType::Block
+                };
+                let mut h = header(kind, st);
+                let _ = h.set_device_major(rustix::fs::major(st.st_rdev));
+                let _ = h.set_device_minor(rustix::fs::minor(st.st_rdev));
+                self.tar.append_data(&mut h, p, io::empty())
+            }
+            _ => Ok(()),
+        };
+        w.map_err(err("writing"))
+    }
+}
+
+/// Commits `upper` (changes made over image `from`) as a new image `name`. Returns the new
+/// image's manifest digest.
+pub fn commit(
+    store: &Store,
+    upper: &Path,
+    from: &str,
+    name: &str,
+    comment: Option<&str>,
+) -> Result<Digest> {
+    let name = oci::normalize_name(name)?;
+    let img = store.get(from)?;
+    let lowers = store.lower_dirs(&img)?;
+    let upper_fd = sys::open_root(upper).map_err(io_err("opening upper layer", upper))?;
+    let staging = store.staging()?;
+    let blob_path = staging.path.join("commit.tar.gz");
+    let file = File::create(&blob_path).map_err(io_err("creating", &blob_path))?;
+    // tar -> (diff_id) -> gzip -> (digest) -> file.
+    let gz = flate2::write::GzEncoder::new(
+        HashWriter::new(BufWriter::new(file)),
+        flate2::Compression::default(),
+    );
+    let mut w = Writer {
+        tar: tar::Builder::new(HashWriter::new(gz)),
+        upper,
+        lowers: &lowers,
+        merged: None,
+        links: HashMap::new(),
+    };
+    w.walk(upper_fd.as_fd(), b"")?;
+    let werr = io_err("writing", &blob_path);
+    let tar_out = w.tar.into_inner().map_err(io_err("writing", &blob_path))?;
+    let (diff_id, _, gz) = tar_out.finish();
+    let (digest, size, buf) = gz.finish().map_err(werr)?.finish();
+    let file = buf
+        .into_inner()
+        .map_err(|e| io_err("writing", &blob_path)(e.into_error()))?;
+    file.sync_all().map_err(io_err("syncing", &blob_path))?;
+    drop(file);
+
+    let mut diff_ids = img.diff_ids.clone();
+    diff_ids.push(diff_id.clone());
+    let chain = chain_ids(&diff_ids)
+        .pop()
+        .unwrap_or_else(|| diff_id.clone());
+    let reader = File::open(&blob_path).map_err(io_err("opening", &blob_path))?;
+    let pb = progress::bytes(size, format!("layer {}", digest.short()));
+    let job = LayerJob {
+        label: digest.to_string(),
+        expected: Some((&digest, Some(size))),
+        diff_id: &diff_id,
+        keep_blob: false,
+        unpack: !store.has_layer(&chain),
+        opts: UnpackOptions::for_current_user(),
+    };
+    let staged = layer::stage(&staging.path, 0, reader, &job, &pb)?;
+
+    // The new config: the base's, with one more diff_id and history entry.
+    let mut config: serde_json::Value = oci::parse(&img.config_bytes, "base image config")?;
+    let now = oci::now_rfc3339();
+    let obj = config
+        .as_object_mut()
+        .ok_or_else(|| invalid("base image config", "not a JSON object"))?;
+    obj.insert("created".into(), now.clone().into());
+    let rootfs = obj
+        .entry("rootfs")
+        .or_insert_with(|| serde_json::json!({"type": "layers", "diff_ids": []}));
+    if let Some(ids) = rootfs.get_mut("diff_ids").and_then(|v| v.as_array_mut()) {
+        ids.push(diff_id.to_string().into());
+    }
+    let mut hist = serde_json::json!({ "created": now, "created_by": format!("strata commit --from {}", img.name) });
+    if let Some(c) = comment {
+        hist["comment"] = c.into();
+    }
+    match obj.get_mut("history").and_then(|h| h.as_array_mut()) {
+        Some(h) => h.push(hist),
+        None => {
+            obj.insert("history".into(), serde_json::Value::Array(vec![hist]));
+        }
+    }
+    let config_bytes = oci::to_json(&config);
+    let mut manifest = img.manifest.clone();
+    manifest.media_type = Some(oci::MT_MANIFEST.to_owned());
+    manifest.config = Descriptor::new(
+        oci::MT_CONFIG,
+        &Digest::of(&config_bytes),
+        config_bytes.len() as u64,
+    );
+    manifest
+        .layers
+        .push(Descriptor::new(oci::MT_LAYER_GZIP, &digest, size));
+    let manifest_bytes = oci::to_json(&manifest);
+
+    let lock = store.lock()?;
+    for c in &img.chain_ids {
+        if !store.has_layer(c) {
+            return Err(invalid(
+                format!("image {}", img.name),
+                "was removed while committing",
+            ));
+        }
+    }
+    store.commit_blob(&lock, &blob_path, &digest)?;
+    if let Some(l) = &staged.layer {
+        store.commit_layer(&lock, l, &chain, &diff_id, &digest)?;
+    }
+    let config_digest = store.put_blob(&config_bytes)?;
+    let manifest_digest = store.put_blob(&manifest_bytes)?;
+    let mut images = store.images()?;
+    let replaced = images
+        .insert(
+            name,
+            ImageRecord {
+                manifest: manifest_digest.to_string(),
+                config: config_digest.to_string(),
+            },
+        )
+        .is_some();
+    store.write_images(&lock, &images)?;
+    if replaced {
+        store.gc(&lock)?;
+    }
+    Ok(manifest_digest)
+}

@@ -1,0 +1,126 @@
+//! Staging one layer blob: a single pass over the blob that hashes it (its digest), keeps a
+//! copy (the store's blob), decompresses it (gzip, zstd or none, as the data says), hashes
+//! the tar (the diff_id) and unpacks it. Nothing here touches the store itself: the caller
+//! moves what was staged into place once every check passed.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use indicatif::ProgressBar;
+
+use super::digest::{Digest, HashReader, TeeReader};
+use super::error::{ImageError, Result, io_err};
+use super::oci::Compression;
+use super::unpack::{UnpackOptions, UnpackStats, unpack};
+use crate::sys;
+
+/// What to check and keep for one layer.
+pub struct LayerJob<'a> {
+    /// Names the layer in errors: its blob digest, or its path in a docker archive.
+    pub label: String,
+    /// The blob's digest and size, when the manifest gives them.
+    pub expected: Option<(&'a Digest, Option<u64>)>,
+    pub diff_id: &'a Digest,
+    /// Keep a copy of the blob (`<dir>/blob-<n>`).
+    pub keep_blob: bool,
+    /// Unpack the tar (`<dir>/layer-<n>/root`).
+    pub unpack: bool,
+    pub opts: UnpackOptions,
+}
+
+pub struct Staged {
+    pub digest: Digest,
+    pub size: u64,
+    pub compression: Compression,
+    pub blob: Option<PathBuf>,
+    /// The directory holding `root/` (what the store renames into place).
+    pub layer: Option<PathBuf>,
+    pub stats: UnpackStats,
+}
+
+pub fn stage(
+    dir: &Path,
+    n: usize,
+    reader: impl Read,
+    job: &LayerJob<'_>,
+    pb: &ProgressBar,
+) -> Result<Staged> {
+    let blob_path = dir.join(format!("blob-{n}"));
+    let layer_path = dir.join(format!("layer-{n}"));
+    let out = match job.keep_blob {
+        true => Some(BufWriter::new(
+            File::create(&blob_path).map_err(io_err("creating", &blob_path))?,
+        )),
+        false => None,
+    };
+    let tar_err = |source| ImageError::Tar {
+        layer: job.label.clone(),
+        source,
+    };
+    let mut compressed = HashReader::new(TeeReader {
+        inner: pb.wrap_read(reader),
+        out,
+    });
+    let (diff_id, compression, stats) = {
+        let mut buf = BufReader::with_capacity(256 * 1024, &mut compressed);
+        let head = buf.fill_buf().map_err(tar_err)?;
+        let compression = Compression::sniff(head);
+        let decoded: Box<dyn Read + '_> = match compression {
+            Compression::None => Box::new(buf),
+            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buf)),
+            Compression::Zstd => Box::new(zstd::Decoder::with_buffer(buf).map_err(tar_err)?),
+        };
+        let mut tar = HashReader::new(decoded);
+        let mut stats = UnpackStats::default();
+        if job.unpack {
+            let root = layer_path.join("root");
+            fs::create_dir_all(&root).map_err(io_err("creating", &root))?;
+            let fd = sys::open_root(&root).map_err(io_err("opening", &root))?;
+            let (s, rest) = unpack(&mut tar, fd.as_fd(), job.opts, &job.label)?;
+            stats = s;
+            let _ = rest;
+        }
+        let (d, _, _) = tar.finish().map_err(tar_err)?;
+        (d, compression, stats)
+    };
+    let (digest, size, tee) = compressed.finish().map_err(tar_err)?;
+    if let Some(mut w) = tee.out {
+        w.flush().map_err(io_err("writing", &blob_path))?;
+        let f = w
+            .into_inner()
+            .map_err(|e| io_err("writing", &blob_path)(e.into_error()))?;
+        f.sync_all().map_err(io_err("syncing", &blob_path))?;
+    }
+    if let Some((want, want_size)) = job.expected {
+        if digest != *want {
+            return Err(ImageError::DigestMismatch {
+                expected: want.to_string(),
+                actual: digest.to_string(),
+            });
+        }
+        if let Some(s) = want_size.filter(|&s| s != size) {
+            return Err(ImageError::Invalid {
+                what: format!("blob {want}"),
+                why: format!("is {size} bytes, its descriptor says {s}"),
+            });
+        }
+    }
+    if diff_id != *job.diff_id {
+        return Err(ImageError::DiffIdMismatch {
+            blob: job.label.clone(),
+            expected: job.diff_id.to_string(),
+            actual: diff_id.to_string(),
+        });
+    }
+    pb.finish_and_clear();
+    Ok(Staged {
+        digest,
+        size,
+        compression,
+        blob: job.keep_blob.then_some(blob_path),
+        layer: job.unpack.then_some(layer_path),
+        stats,
+    })
+}
