@@ -15,6 +15,7 @@ declare -A by_command=(
   [fuse-overlayfs]=fuse-overlayfs  # the peer strata is compared with
   [fio]=fio                  # benchmarks
   [hyperfine]=hyperfine
+  [gnuplot]=gnuplot-nox      # benchmark chart (SVG/PNG)
   [tar]=tar
   [stat]=coreutils
   [mknod]=coreutils
