@@ -3,6 +3,7 @@
 
 pub mod fuse;
 pub mod image;
+pub mod launcher;
 pub mod mount;
 pub mod options;
 #[allow(unsafe_code)]

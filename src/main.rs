@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use strata::mount::{MountRequest, umount};
 
 mod image_cli;
+mod run_cli;
 use strata::options::MountOptions;
 
 #[derive(Parser)]
@@ -42,6 +43,8 @@ enum Cmd {
     Image(image_cli::ImageCmd),
     /// Turn an upper layer into a new image on top of IMAGE.
     Commit(image_cli::CommitArgs),
+    /// Run a command in a container on a union of layers (or an image).
+    Run(Box<run_cli::RunArgs>),
 }
 
 #[derive(clap::Args)]
@@ -89,6 +92,7 @@ fn normalise_args() -> Vec<OsString> {
         b"umount",
         b"image",
         b"commit",
+        b"run",
         b"--root",
         b"help",
         b"-h",
@@ -104,16 +108,19 @@ fn normalise_args() -> Vec<OsString> {
 
 fn main() -> std::process::ExitCode {
     match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             // One line, naming the problem: every error message embeds its cause.
             eprintln!("strata: {e:#}");
-            std::process::ExitCode::FAILURE
+            // `strata run` follows docker: 125 when strata itself fails.
+            let run = std::env::args_os().nth(1).is_some_and(|a| a == "run");
+            std::process::ExitCode::from(if run { 125 } else { 1 })
         }
     }
 }
 
-fn run() -> anyhow::Result<()> {
+/// The exit code: 0, or the command's for `strata run`.
+fn run() -> anyhow::Result<u8> {
     let cli = Cli::parse_from(normalise_args());
     match cli.cmd {
         Cmd::Mount(a) => {
@@ -148,6 +155,7 @@ fn run() -> anyhow::Result<()> {
         }
         Cmd::Image(c) => image_cli::image(cli.root, c)?,
         Cmd::Commit(a) => image_cli::commit(cli.root, a)?,
+        Cmd::Run(a) => return run_cli::run(cli.root, *a),
     }
-    Ok(())
+    Ok(0)
 }

@@ -245,7 +245,7 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
     }
     let (rd, wr) = sys::pipe().map_err(MountError::Daemon)?;
     match sys::fork().map_err(MountError::Daemon)? {
-        Forked::Parent => {
+        Forked::Parent(_) => {
             drop(wr);
             let mut msg = String::new();
             let _ = std::fs::File::from(rd).read_to_string(&mut msg);
@@ -272,12 +272,12 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
     }
 }
 
-fn serve(
+/// The filesystem and FUSE configuration for a checked stack.
+fn filesystem(
     req: &MountRequest,
     c: &Checked,
     stack: Stack,
-    report: &mut Option<std::fs::File>,
-) -> Result<(), MountError> {
+) -> Result<(StrataFs, Config), MountError> {
     let union = Union::new(stack, req.options.whiteout).map_err(|cause| MountError::Path {
         role: "layer stack",
         path: c.lowers[0].clone(),
@@ -291,7 +291,16 @@ fn serve(
         Duration::from_secs(86400)
     });
     let fs = StrataFs::new(union, ttl, sys::is_root(), req.options.ids.clone());
-    let cfg = fuse_config(req, has_upper);
+    Ok((fs, fuse_config(req, has_upper)))
+}
+
+fn serve(
+    req: &MountRequest,
+    c: &Checked,
+    stack: Stack,
+    report: &mut Option<std::fs::File>,
+) -> Result<(), MountError> {
+    let (fs, cfg) = filesystem(req, c, stack)?;
     let mount_err = |cause| MountError::Mount {
         path: req.mountpoint.clone(),
         cause,
@@ -317,6 +326,21 @@ fn serve(
         let _ = sys::stdio_to_devnull();
     }
     session.run().map_err(mount_err)
+}
+
+/// Mounts and serves from threads of the calling process (for `strata run`, whose mount lives
+/// in the container's mount namespace). Unmounted when the returned session is dropped.
+pub fn spawn(req: &MountRequest) -> Result<fuser::BackgroundSession, MountError> {
+    let checked = check(req)?;
+    let stack = open_stack(&checked)?;
+    let (fs, cfg) = filesystem(req, &checked, stack)?;
+    let mount_err = |cause| MountError::Mount {
+        path: req.mountpoint.clone(),
+        cause,
+    };
+    fuser::Session::new(fs, &checked.mountpoint, &cfg)
+        .and_then(|s| s.spawn())
+        .map_err(mount_err)
 }
 
 /// `strata umount`: unmount as root directly, otherwise through fusermount3.

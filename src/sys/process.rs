@@ -5,7 +5,8 @@ use std::os::fd::{AsFd, OwnedFd};
 
 /// Which side of a fork we are on.
 pub enum Forked {
-    Parent,
+    /// With the child's pid.
+    Parent(rustix::process::Pid),
     Child,
 }
 
@@ -18,7 +19,9 @@ pub fn fork() -> io::Result<Forked> {
     match pid {
         -1 => Err(io::Error::last_os_error()),
         0 => Ok(Forked::Child),
-        _ => Ok(Forked::Parent),
+        pid => rustix::process::Pid::from_raw(pid)
+            .map(Forked::Parent)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ECHILD)),
     }
 }
 
@@ -55,4 +58,41 @@ pub fn stdio_to_devnull() -> io::Result<()> {
 /// initial user namespace).
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
+}
+
+/// Makes process group `pgid` (the caller's own new group when None) the foreground job of
+/// the terminal on stdin. A background caller would be stopped by SIGTTOU: it is blocked
+/// for the call, as shells do.
+pub fn take_terminal(pgid: Option<rustix::process::Pid>) -> io::Result<()> {
+    let pgid = match pgid {
+        Some(p) => p,
+        None => {
+            rustix::process::setpgid(None, None)?;
+            rustix::process::getpgrp()
+        }
+    };
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it before use and
+    // sigprocmask only reads/writes the two sets we own, on this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTTOU);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        let r = rustix::termios::tcsetpgrp(std::io::stdin(), pgid);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        r?;
+    }
+    Ok(())
+}
+
+/// `unshare(2)` for namespaces. `CLONE_FILES` is refused: it would split the fd table under
+/// other threads' feet.
+pub fn unshare(flags: rustix::thread::UnshareFlags) -> io::Result<()> {
+    if flags.contains(rustix::thread::UnshareFlags::FILES) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: without CLONE_FILES no fd table is split, which is the only hazard rustix names.
+    unsafe { rustix::thread::unshare_unsafe(flags) }?;
+    Ok(())
 }

@@ -1,0 +1,493 @@
+//! `strata run`: a process on a union root, in its own namespaces, under cgroup limits.
+//!
+//! Three processes besides the command, each with one job:
+//! - strata itself (the supervisor) unshares a mount namespace (and, rootless, a user
+//!   namespace), serves the union mount from its threads there (so the host never sees it),
+//!   puts the container in its cgroup, relays signals and cleans up;
+//! - a relay child unshares the PID, UTS, IPC, network, cgroup and mount namespaces;
+//! - its child is PID 1 of the new PID namespace: it builds the root (/proc, /dev, /sys,
+//!   masks, binds), pivots into it, forks the command, relays signals and reaps zombies.
+
+mod cgroup;
+mod init;
+mod rootfs;
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use rustix::process::{Pid, WaitOptions, waitpid};
+use rustix::thread::UnshareFlags;
+
+use crate::mount::{MountError, MountRequest};
+use crate::options::MountOptions;
+use crate::sys::{self, Forked};
+
+/// Resource limits; None means unlimited.
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Net {
+    /// A network namespace with only loopback, up.
+    #[default]
+    None,
+    /// The host's network.
+    Host,
+}
+
+#[derive(Clone, Debug)]
+pub struct Bind {
+    pub src: PathBuf,
+    pub dst: PathBuf,
+    pub read_only: bool,
+}
+
+/// Everything a run needs, from the command line and (later) an image's defaults.
+#[derive(Clone, Debug, Default)]
+pub struct RunSpec {
+    /// Lower layers, top first.
+    pub lowers: Vec<PathBuf>,
+    /// Persistent container layer (`DIR/diff` and `DIR/work`); None: a fresh one, removed
+    /// at exit.
+    pub upper: Option<PathBuf>,
+    pub argv: Vec<OsString>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<OsString>,
+    pub workdir: Option<PathBuf>,
+    pub user: Option<(u32, u32)>,
+    pub hostname: Option<String>,
+    pub limits: Limits,
+    pub net: Net,
+    pub read_only: bool,
+    pub binds: Vec<Bind>,
+}
+
+/// What stopped a run, naming the step and the path.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no command given (strata run [OPTIONS] -- CMD [ARGS...])")]
+    NoCommand,
+    #[error("no lower layers given (--lower DIR)")]
+    NoLayers,
+    #[error("bad {what} '{value}': {why}")]
+    BadValue {
+        what: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("preparing the container layer {path}: {cause}")]
+    Upper {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error("creating namespaces ({step}): {cause}")]
+    Namespace {
+        step: &'static str,
+        cause: std::io::Error,
+    },
+    #[error("cgroup {path}: {cause}")]
+    Cgroup {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{step} {path}: {cause}")]
+    Setup {
+        step: &'static str,
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("starting the container: {0}")]
+    Process(std::io::Error),
+}
+
+/// Parses a size like `256M`, `1g`, `512k` or `1048576` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, RunError> {
+    let bad = |why| RunError::BadValue {
+        what: "size",
+        value: s.to_owned(),
+        why,
+    };
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| bad("expected a number with an optional unit"))?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(bad("unknown unit (use k, M, G or T)")),
+    };
+    let v = n.checked_mul(mult).ok_or_else(|| bad("too large"))?;
+    if v == 0 {
+        return Err(bad("must be more than 0"));
+    }
+    Ok(v)
+}
+
+/// Parses `UID[:GID]` (numbers; names need an image's /etc/passwd).
+pub fn parse_user(s: &str) -> Result<(u32, u32), RunError> {
+    let bad = |why| RunError::BadValue {
+        what: "user",
+        value: s.to_owned(),
+        why,
+    };
+    let (u, g) = s.split_once(':').unwrap_or((s, s));
+    let uid = u
+        .parse()
+        .map_err(|_| bad("expected UID[:GID] as numbers"))?;
+    let gid = g
+        .parse()
+        .map_err(|_| bad("expected UID[:GID] as numbers"))?;
+    Ok((uid, gid))
+}
+
+/// Parses `SRC:DST[:ro]`.
+pub fn parse_bind(s: &str) -> Result<Bind, RunError> {
+    let bad = |why| RunError::BadValue {
+        what: "bind",
+        value: s.to_owned(),
+        why,
+    };
+    let parts: Vec<&str> = s.split(':').collect();
+    let (src, dst, ro) = match parts.as_slice() {
+        [src, dst] => (src, dst, false),
+        [src, dst, "ro"] => (src, dst, true),
+        [src, dst, "rw"] => (src, dst, false),
+        _ => return Err(bad("expected SRC:DST[:ro]")),
+    };
+    if !Path::new(src).exists() {
+        return Err(bad("source does not exist"));
+    }
+    if !dst.starts_with('/') {
+        return Err(bad("destination must be an absolute path"));
+    }
+    Ok(Bind {
+        src: PathBuf::from(src),
+        dst: PathBuf::from(dst),
+        read_only: ro,
+    })
+}
+
+/// Where the container layer and the mountpoint live; temporary parts go at drop.
+struct Scratch {
+    dir: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    root: PathBuf,
+    ephemeral: bool,
+}
+
+impl Scratch {
+    fn new(spec: &RunSpec) -> Result<Scratch, RunError> {
+        let base = std::env::var_os("STRATA_RUN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+        let dir = base.join(format!(
+            "strata-run-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        ));
+        let err = |path: &Path| {
+            let path = path.to_owned();
+            move |cause| RunError::Upper { path, cause }
+        };
+        std::fs::create_dir(&dir).map_err(err(&dir))?;
+        let root = dir.join("root");
+        std::fs::create_dir(&root).map_err(err(&root))?;
+        let (upper, work, ephemeral) = match &spec.upper {
+            Some(u) => (u.join("diff"), u.join("work"), false),
+            None => (dir.join("diff"), dir.join("work"), true),
+        };
+        for d in [&upper, &work] {
+            std::fs::create_dir_all(d).map_err(err(d))?;
+        }
+        Ok(Scratch {
+            dir,
+            upper,
+            work,
+            root,
+            ephemeral,
+        })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.ephemeral {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            let _ = std::fs::remove_dir(&self.root);
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+fn ns_err<E: Into<std::io::Error>>(step: &'static str) -> impl FnOnce(E) -> RunError {
+    move |e| RunError::Namespace {
+        step,
+        cause: e.into(),
+    }
+}
+
+/// Rootless: the caller becomes root of a new user namespace (one id mapped: itself).
+fn enter_user_namespace() -> Result<(), RunError> {
+    let (uid, gid) = (rustix::process::getuid(), rustix::process::getgid());
+    sys::unshare(UnshareFlags::NEWUSER | UnshareFlags::NEWNS).map_err(ns_err("user and mount"))?;
+    let w = |file: &str, s: String| {
+        std::fs::write(file, s).map_err(|cause| RunError::Namespace {
+            step: "writing the id maps",
+            cause,
+        })
+    };
+    w("/proc/self/setgroups", "deny".into())?;
+    w("/proc/self/uid_map", format!("0 {} 1", uid.as_raw()))?;
+    w("/proc/self/gid_map", format!("0 {} 1", gid.as_raw()))?;
+    Ok(())
+}
+
+/// Runs the container; returns the exit code strata should exit with (the command's, 128+N
+/// when a signal killed it, 137 when the OOM killer did).
+pub fn run(spec: &RunSpec) -> Result<i32, RunError> {
+    if spec.argv.is_empty() {
+        return Err(RunError::NoCommand);
+    }
+    if spec.lowers.is_empty() {
+        return Err(RunError::NoLayers);
+    }
+    for l in &spec.lowers {
+        if !l.is_dir() {
+            return Err(RunError::Setup {
+                step: "lower layer",
+                path: l.clone(),
+                cause: std::io::Error::from_raw_os_error(libc::ENOENT),
+            });
+        }
+    }
+    let rootless = !sys::is_root();
+    let scratch = Scratch::new(spec)?;
+
+    // 1. Our own mount namespace: the union is mounted and served only there.
+    if rootless {
+        enter_user_namespace()?;
+    } else {
+        sys::unshare(UnshareFlags::NEWNS).map_err(ns_err("mount"))?;
+    }
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::REC | rustix::mount::MountPropagationFlags::PRIVATE,
+    )
+    .map_err(ns_err("making mounts private"))?;
+
+    // 2. The relay child, forked while we have one thread; it waits for the mount.
+    let (go_rd, go_wr) = sys::pipe().map_err(RunError::Process)?;
+    let relay = match sys::fork().map_err(RunError::Process)? {
+        Forked::Child => {
+            drop(go_wr);
+            child(spec, &scratch.root, go_rd, rootless)
+        }
+        Forked::Parent(pid) => pid,
+    };
+    drop(go_rd);
+    // Until "go" is written, any error here closes the pipe and the relay exits.
+    let mut go = std::fs::File::from(go_wr);
+    let started = supervise(spec, &scratch, relay, &mut go);
+    drop(go);
+    let (session, cgroup) = match started {
+        Ok(v) => v,
+        Err(e) => {
+            wait(relay);
+            return Err(e);
+        }
+    };
+
+    // 3. The container runs; we relay signals until it ends.
+    let code = wait(relay);
+    if rustix::termios::isatty(std::io::stdin()) {
+        let _ = sys::take_terminal(Some(rustix::process::getpgrp()));
+    }
+
+    // 4. Teardown: unmount, cgroup, temporary layer.
+    drop(session);
+    let oom = cgroup.as_ref().map_or(0, cgroup::Cgroup::oom_kills);
+    drop(cgroup);
+    drop(scratch);
+    if oom > 0 {
+        eprintln!(
+            "strata: the command was killed by the kernel's OOM killer (memory limit {} bytes)",
+            spec.limits.memory.unwrap_or(0)
+        );
+        return Ok(137);
+    }
+    Ok(code)
+}
+
+/// The supervisor's part once the relay exists: cgroup, mount, signal relay, then "go".
+fn supervise(
+    spec: &RunSpec,
+    scratch: &Scratch,
+    relay: Pid,
+    go: &mut std::fs::File,
+) -> Result<(fuser::BackgroundSession, Option<cgroup::Cgroup>), RunError> {
+    let l = &spec.limits;
+    let cgroup = if l.memory.is_some() || l.cpus.is_some() || l.pids.is_some() {
+        let name = format!("strata-{}", std::process::id());
+        match cgroup::Cgroup::create(&name, l)? {
+            Some(cg) => {
+                cg.add(relay.as_raw_nonzero().get() as u32)?;
+                Some(cg)
+            }
+            None => {
+                eprintln!(
+                    "strata: warning: no cgroup can be created here (rootless without a \
+                     delegated cgroup): running WITHOUT the --memory/--cpus/--pids limits"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let session = crate::mount::spawn(&mount_request(scratch, spec))?;
+    let mut signals =
+        signal_hook::iterator::Signals::new(init::FORWARDED).map_err(RunError::Process)?;
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if let Some(s) = rustix::process::Signal::from_named_raw(sig) {
+                let _ = rustix::process::kill_process(relay, s);
+            }
+        }
+    });
+    go.write_all(b"go").map_err(RunError::Process)?;
+    Ok((session, cgroup))
+}
+
+/// The relay child and, below it, PID 1. Never returns.
+fn child(spec: &RunSpec, root: &Path, go: std::os::fd::OwnedFd, rootless: bool) -> ! {
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    let mut buf = [0u8; 2];
+    let ok = std::fs::File::from(go).read(&mut buf).is_ok_and(|n| n == 2) && &buf == b"go";
+    if !ok {
+        std::process::exit(125);
+    }
+    let mut flags = UnshareFlags::NEWNS
+        | UnshareFlags::NEWPID
+        | UnshareFlags::NEWUTS
+        | UnshareFlags::NEWIPC
+        | UnshareFlags::NEWCGROUP;
+    if spec.net == Net::None {
+        flags |= UnshareFlags::NEWNET;
+    }
+    if let Err(e) = sys::unshare(flags) {
+        fail(&ns_err::<std::io::Error>("pid, uts, ipc, net, cgroup")(e));
+    }
+    let signals = match init::signal_set() {
+        Ok(s) => s,
+        Err(e) => fail(&RunError::Process(e)),
+    };
+    match sys::fork() {
+        Err(e) => fail(&RunError::Process(e)),
+        Ok(Forked::Parent(pid1)) => {
+            // The relay: signals down, the exit status up.
+            std::process::exit(init::relay(signals, pid1, false));
+        }
+        Ok(Forked::Child) => {}
+    }
+    // PID 1 of the new namespace.
+    drop(signals);
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    if let Err(e) = pid1_setup(spec, root, rootless) {
+        fail(&e);
+    }
+    let signals = match init::signal_set() {
+        Ok(s) => s,
+        Err(e) => fail(&RunError::Process(e)),
+    };
+    match sys::fork() {
+        Err(e) => fail(&RunError::Process(e)),
+        Ok(Forked::Parent(cmd)) => std::process::exit(init::relay(signals, cmd, true)),
+        Ok(Forked::Child) => {
+            drop(signals);
+            init::exec(spec)
+        }
+    }
+}
+
+/// Inside the new namespaces, before the command: name, network, root, privileges.
+fn pid1_setup(spec: &RunSpec, root: &Path, rootless: bool) -> Result<(), RunError> {
+    let host = spec.hostname.as_deref().unwrap_or("strata");
+    rustix::system::sethostname(host.as_bytes()).map_err(|e| RunError::Setup {
+        step: "setting the hostname",
+        path: PathBuf::from(host),
+        cause: e.into(),
+    })?;
+    if spec.net == Net::None {
+        sys::loopback_up().map_err(|cause| RunError::Setup {
+            step: "bringing up",
+            path: PathBuf::from("lo"),
+            cause,
+        })?;
+    }
+    rootfs::prepare(root, &spec.binds, rootless)?;
+    rootfs::pivot(root, spec.read_only)?;
+    if let Some(w) = &spec.workdir {
+        rootfs::enter_workdir(w)?;
+    }
+    // docker's default capability set: what root inside may still do.
+    const KEEP: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
+    sys::limit_bounding_set(KEEP).map_err(|cause| RunError::Setup {
+        step: "dropping capabilities",
+        path: PathBuf::from("/"),
+        cause,
+    })?;
+    rustix::thread::set_no_new_privs(true).map_err(|e| RunError::Setup {
+        step: "setting no_new_privs",
+        path: PathBuf::from("/"),
+        cause: e.into(),
+    })?;
+    Ok(())
+}
+
+fn fail(e: &RunError) -> ! {
+    let _ = writeln!(std::io::stderr(), "strata: {e}");
+    std::process::exit(125);
+}
+
+fn wait(pid: Pid) -> i32 {
+    loop {
+        match waitpid(Some(pid), WaitOptions::empty()) {
+            Ok(Some((_, st))) => return init::exit_code(st),
+            Ok(None) => continue,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return 125,
+        }
+    }
+}
+
+fn mount_request(scratch: &Scratch, spec: &RunSpec) -> MountRequest {
+    let options = MountOptions {
+        lowers: spec.lowers.clone(),
+        upper: Some(scratch.upper.clone()),
+        work: Some(scratch.work.clone()),
+        suid: true,
+        ..MountOptions::default()
+    };
+    MountRequest {
+        options,
+        mountpoint: scratch.root.clone(),
+        foreground: true,
+        threads: 4,
+    }
+}
