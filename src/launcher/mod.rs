@@ -303,7 +303,7 @@ pub fn run(spec: &RunSpec) -> Result<i32, RunError> {
     drop(go_rd);
     // Until "go" is written, any error here closes the pipe and the relay exits.
     let mut go = std::fs::File::from(go_wr);
-    let started = supervise(spec, &scratch, relay, &mut go);
+    let started = supervise(spec, &scratch, relay, &mut go, rootless);
     drop(go);
     let (session, cgroup) = match started {
         Ok(v) => v,
@@ -340,6 +340,7 @@ fn supervise(
     scratch: &Scratch,
     relay: Pid,
     go: &mut std::fs::File,
+    rootless: bool,
 ) -> Result<(fuser::BackgroundSession, Option<cgroup::Cgroup>), RunError> {
     let l = &spec.limits;
     let cgroup = if l.memory.is_some() || l.cpus.is_some() || l.pids.is_some() {
@@ -360,7 +361,7 @@ fn supervise(
     } else {
         None
     };
-    let session = crate::mount::spawn(&mount_request(scratch, spec))?;
+    let session = crate::mount::spawn(&mount_request(scratch, spec, rootless))?;
     let mut signals =
         signal_hook::iterator::Signals::new(init::FORWARDED).map_err(RunError::Process)?;
     std::thread::spawn(move || {
@@ -476,14 +477,21 @@ fn wait(pid: Pid) -> i32 {
     }
 }
 
-fn mount_request(scratch: &Scratch, spec: &RunSpec) -> MountRequest {
-    let options = MountOptions {
+fn mount_request(scratch: &Scratch, spec: &RunSpec, rootless: bool) -> MountRequest {
+    let mut options = MountOptions {
         lowers: spec.lowers.clone(),
         upper: Some(scratch.upper.clone()),
         work: Some(scratch.work.clone()),
         suid: true,
         ..MountOptions::default()
     };
+    // Rootless with one id mapped, layer files owned by anyone else would have no owner
+    // inside, and the kernel refuses every write to such a file or directory: they appear
+    // owned by the container's root instead (fuse-overlayfs's squash_to_root).
+    if rootless {
+        options.ids.squash_uid = Some(0);
+        options.ids.squash_gid = Some(0);
+    }
     MountRequest {
         options,
         mountpoint: scratch.root.clone(),

@@ -326,7 +326,12 @@ impl Union {
         tmp: &OsStr,
     ) -> io::Result<()> {
         // chown first: it clears set-id bits, which chmod then restores.
-        sys::chown_at(work, tmp, Some(st.st_uid), Some(st.st_gid))?;
+        match sys::chown_at(work, tmp, Some(st.st_uid), Some(st.st_gid)) {
+            // In a user namespace with one id mapped (rootless `strata run`), an owner from
+            // outside it cannot be given: the copy is ours, as with fuse-overlayfs.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            r => r?,
+        }
         let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
         if !is_link {
             sys::chmod_at(work, tmp, st.st_mode & 0o7777)?;

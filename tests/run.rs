@@ -1,0 +1,447 @@
+//! `strata run` for real: namespaces, cgroups, signals, exit codes and clean-up, on a root
+//! layer built from busybox-static. Needs root, /dev/fuse and /bin/busybox; skips loudly
+//! without them.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BUSYBOX: &str = "/bin/busybox";
+
+/// A busybox root layer and a private scratch dir for strata's temporary files.
+struct Box {
+    fx: Fixture,
+    scratch: PathBuf,
+}
+
+impl Box {
+    fn new() -> Option<Box> {
+        if !require_mount_env() {
+            return None;
+        }
+        if !Path::new(BUSYBOX).exists() {
+            eprintln!(
+                "SKIP {}: {BUSYBOX} missing (scripts/setup.sh installs busybox-static)",
+                test_name()
+            );
+            return None;
+        }
+        let fx = Fixture::new(1);
+        let root = &fx.layers[0];
+        for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+            mkdir(&root.join(d));
+        }
+        fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+        for app in [
+            "sh", "true", "echo", "cat", "ls", "hostname", "sleep", "id", "kill", "grep", "wc",
+        ] {
+            symlink("busybox", &root.join("bin").join(app));
+        }
+        write(&root.join("etc/from-lower"), b"lower\n");
+        let scratch = fx.path("scratch");
+        Some(Box { fx, scratch })
+    }
+
+    fn cmd(&self, extra: &[&str], script: &str) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
+        c.env("STRATA_RUN_DIR", &self.scratch)
+            .arg("run")
+            .arg("--lower")
+            .arg(&self.fx.layers[0])
+            .args(extra)
+            .args(["--", "/bin/sh", "-c", script])
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, extra: &[&str], script: &str) -> Output {
+        self.cmd(extra, script).output().unwrap()
+    }
+
+    /// Nothing left behind: no temporary layer, no mount, no cgroup of ours.
+    fn assert_clean(&self) {
+        assert_eq!(
+            fs::read_dir(&self.scratch).unwrap().count(),
+            0,
+            "temporary container files left in {}",
+            self.scratch.display()
+        );
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(self.scratch.to_str().unwrap()),
+            "a container mount is visible on the host"
+        );
+        for ctrl in ["memory", "cpu", "pids"] {
+            let dir = Path::new("/sys/fs/cgroup").join(ctrl).join("strata");
+            if let Ok(entries) = fs::read_dir(&dir) {
+                let ours: Vec<_> = entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter(|e| {
+                        e.path()
+                            .join("cgroup.procs")
+                            .exists()
+                            .then(|| {
+                                fs::read_to_string(e.path().join("cgroup.procs"))
+                                    .unwrap_or_default()
+                            })
+                            .is_some_and(|p| p.trim().is_empty())
+                            && e.file_name().to_string_lossy().starts_with("strata-")
+                    })
+                    .collect();
+                // Cgroups of other concurrent runs hold processes; an empty one is a leak.
+                assert!(ours.is_empty(), "empty cgroups left: {ours:?}");
+            }
+        }
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn pid1_hostname_loopback_only() {
+    let Some(b) = Box::new() else { return };
+    let o = b.run(
+        &["--hostname", "box1"],
+        "echo pid=$$ ppid=$PPID; hostname; tail -n +3 /proc/net/dev | cut -d: -f1",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines[0], "pid=2 ppid=1", "command not under PID 1: {out}");
+    assert_eq!(lines[1], "box1", "hostname: {out}");
+    assert_eq!(
+        &lines[2..],
+        ["lo"],
+        "network namespace has more than loopback: {out}"
+    );
+    let o = b.run(&[], "cat /sys/class/net/lo/flags");
+    let flags = u32::from_str_radix(stdout(&o).trim().trim_start_matches("0x"), 16).unwrap_or(0);
+    assert!(flags & 1 != 0, "lo is down: {}", stdout(&o));
+    b.assert_clean();
+}
+
+#[test]
+fn mounts_are_invisible_from_the_host_and_gone_after() {
+    let Some(b) = Box::new() else { return };
+    let mut child = b
+        .cmd(&[], "echo ready; sleep 2")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 6];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut buf).unwrap();
+    assert_eq!(&buf, b"ready\n");
+    let host = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host.contains("strata-run"),
+        "container mounts leak to the host"
+    );
+    assert!(
+        !host.contains("fuse.strata"),
+        "the union mount is visible on the host"
+    );
+    assert!(child.wait().unwrap().success());
+    b.assert_clean();
+}
+
+#[test]
+fn memory_limit_oom_is_reported_with_137() {
+    let Some(b) = Box::new() else { return };
+    let o = b.run(
+        &["--memory", "32M"],
+        "a=xxxxxxxxxxxxxxxx; while true; do a=\"$a$a\"; done",
+    );
+    assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
+    assert!(stderr(&o).contains("OOM"), "not reported: {}", stderr(&o));
+    b.assert_clean();
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb() {
+    let Some(b) = Box::new() else { return };
+    let o = b.run(
+        &["--pids", "12"],
+        "n=0; while [ $n -lt 40 ]; do sleep 3 & n=$((n+1)); done 2>/dev/null; echo started; ls /proc | grep -c '^[0-9]'",
+    );
+    let out = stdout(&o);
+    let procs: u32 = out
+        .lines()
+        .last()
+        .unwrap_or("0")
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(procs <= 12, "{procs} processes under --pids 12: {out}");
+    b.assert_clean();
+}
+
+#[test]
+fn cpu_quota_throttles() {
+    let Some(b) = Box::new() else { return };
+    let mut child = b
+        .cmd(
+            &["--cpus", "0.1"],
+            "i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done",
+        )
+        .spawn()
+        .unwrap();
+    let stat = [
+        format!("/sys/fs/cgroup/cpu/strata/strata-{}/cpu.stat", child.id()),
+        format!("/sys/fs/cgroup/strata/strata-{}/cpu.stat", child.id()),
+    ];
+    let mut throttled = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) && throttled == 0 {
+        std::thread::sleep(Duration::from_millis(100));
+        for s in &stat {
+            if let Ok(text) = fs::read_to_string(s) {
+                throttled = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("nr_throttled "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    );
+    child.wait().unwrap();
+    assert!(
+        throttled > 0,
+        "no throttling seen in cpu.stat under --cpus 0.1"
+    );
+    b.assert_clean();
+}
+
+#[test]
+fn exit_codes_and_signals() {
+    let Some(b) = Box::new() else { return };
+    assert_eq!(b.run(&[], "exit 7").status.code(), Some(7));
+    assert_eq!(b.run(&[], "kill -TERM $$").status.code(), Some(143));
+    assert_eq!(b.run(&[], "kill -KILL $$").status.code(), Some(137));
+    // A signal sent to strata reaches the command.
+    for (sig, name) in [
+        (rustix::process::Signal::TERM, "TERM"),
+        (rustix::process::Signal::USR1, "USR1"),
+        (rustix::process::Signal::HUP, "HUP"),
+    ] {
+        let mut child = b
+            .cmd(
+                &[],
+                &format!("trap 'echo got {name}; exit 3' {name}; echo ready; while true; do sleep 0.05; done"),
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut buf = [0u8; 6];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut buf).unwrap();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+            sig,
+        )
+        .unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(3), "{name} not forwarded");
+        assert!(stdout(&o).contains(&format!("got {name}")));
+    }
+    b.assert_clean();
+}
+
+#[test]
+fn orphans_are_reaped() {
+    let Some(b) = Box::new() else { return };
+    // Orphans get PID 1 as parent; once they exit PID 1 must collect them.
+    let o = b.run(
+        &[],
+        "(sleep 0.1 &); (sleep 0.1 &); (sleep 0.1 &); sleep 0.6; \
+         cat /proc/[0-9]*/stat 2>/dev/null | cut -d' ' -f3 | grep -c Z",
+    );
+    assert_eq!(stdout(&o).trim(), "0", "zombies left: {}", stdout(&o));
+    b.assert_clean();
+}
+
+#[test]
+fn ephemeral_and_persistent_container_layers() {
+    let Some(b) = Box::new() else { return };
+    assert!(
+        b.run(&[], "echo one > /etc/new; rm /etc/from-lower")
+            .status
+            .success()
+    );
+    let o = b.run(&[], "cat /etc/new 2>&1; cat /etc/from-lower");
+    assert!(
+        stdout(&o).contains("lower"),
+        "lower file lost: {}",
+        stdout(&o)
+    );
+    assert!(!stdout(&o).contains("one"), "ephemeral layer kept");
+    let keep = b.fx.path("keep");
+    let k = keep.to_str().unwrap();
+    assert!(
+        b.run(&["--upper", k], "echo two > /etc/new; rm /etc/from-lower")
+            .status
+            .success()
+    );
+    let o = b.run(&["--upper", k], "cat /etc/new; cat /etc/from-lower 2>&1");
+    assert!(
+        stdout(&o).starts_with("two\n"),
+        "persistent layer lost: {}",
+        stdout(&o)
+    );
+    assert!(!stdout(&o).contains("lower\n"), "deletion lost");
+    assert!(keep.join("diff/etc/new").exists());
+    // The lower layer itself never changes.
+    assert_eq!(
+        fs::read(b.fx.layers[0].join("etc/from-lower")).unwrap(),
+        b"lower\n"
+    );
+    b.assert_clean();
+}
+
+#[test]
+fn concurrent_containers_share_lowers_without_interference() {
+    let Some(b) = Box::new() else { return };
+    let kids: Vec<_> = (0..2)
+        .map(|i| {
+            b.cmd(
+                &[],
+                &format!("echo c{i} > /etc/who; sleep 0.5; cat /etc/who"),
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for (i, k) in kids.into_iter().enumerate() {
+        let o = k.wait_with_output().unwrap();
+        assert!(o.status.success());
+        assert_eq!(stdout(&o), format!("c{i}\n"));
+    }
+    b.assert_clean();
+}
+
+#[test]
+fn rootless_run_as_unprivileged_user() {
+    let Some(b) = Box::new() else { return };
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("SKIP {}: setpriv missing", test_name());
+        return;
+    }
+    // /dev/fuse is 0600 on this machine; distributions ship 0666. Restored below.
+    let mode = fs::metadata("/dev/fuse").unwrap().permissions();
+    let _restore = Restore(mode.clone());
+    fs::set_permissions(
+        "/dev/fuse",
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    for p in [b.fx.dir.path(), &b.scratch] {
+        fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    }
+    // Files the layer's (host) root owns are not ours inside: write where anyone may.
+    fs::set_permissions(
+        b.fx.layers[0].join("tmp"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    let o = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_strata"))
+        .env("STRATA_RUN_DIR", &b.scratch)
+        .arg("run")
+        .arg("--lower")
+        .arg(&b.fx.layers[0])
+        .args([
+            "--pids",
+            "50",
+            "--",
+            "/bin/sh",
+            "-c",
+            "id -u; echo x > /tmp/w; cat /tmp/w; echo y > /etc/w; cat /etc/w; hostname",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "0\nx\ny\nstrata\n");
+    assert!(
+        stderr(&o).contains("WITHOUT"),
+        "limits silently dropped: {}",
+        stderr(&o)
+    );
+    b.assert_clean();
+}
+
+struct Restore(fs::Permissions);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = fs::set_permissions("/dev/fuse", self.0.clone());
+    }
+}
+
+#[test]
+fn bad_input_gets_one_line_and_docker_exit_codes() {
+    let Some(b) = Box::new() else { return };
+    let lower = b.fx.layers[0].to_str().unwrap().to_owned();
+    let strata = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_strata"))
+            .env("STRATA_RUN_DIR", &b.scratch)
+            .arg("run")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for (args, code, needle) in [
+        (vec!["--lower", &lower], 125, "no command"),
+        (
+            vec!["--lower", &lower, "--memory", "12XB", "--", "/bin/true"],
+            125,
+            "12XB",
+        ),
+        (
+            vec!["--lower", &lower, "--user", "bob", "--", "/bin/true"],
+            125,
+            "bob",
+        ),
+        (
+            vec!["--lower", "/nonexistent/layer", "--", "/bin/true"],
+            125,
+            "/nonexistent/layer",
+        ),
+        (
+            vec!["--lower", &lower, "--", "/bin/nothere"],
+            127,
+            "nothere",
+        ),
+        (vec!["--lower", &lower, "--", "nothere"], 127, "nothere"),
+        (
+            vec!["--lower", &lower, "--", "/etc/from-lower"],
+            126,
+            "from-lower",
+        ),
+    ] {
+        let o = strata(&args);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    b.assert_clean();
+}
