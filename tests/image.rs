@@ -960,3 +960,91 @@ fn commit_upper_then_view_and_export() {
         eprintln!("SKIP umoci check: umoci not installed (scripts/setup.sh installs it)");
     }
 }
+
+/// `strata run IMAGE` uses the image's Entrypoint, Cmd, Env, WorkingDir and User (resolved in
+/// its /etc/passwd and /etc/group); CLI arguments override them. A persistent container layer
+/// committed as a new image runs with the changes.
+#[test]
+fn run_image_with_its_config_then_commit_and_run_again() {
+    if !require_mount_env() {
+        return;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        eprintln!("SKIP run_image_with_its_config_then_commit_and_run_again: no /bin/busybox");
+        return;
+    }
+    let env = Env::new();
+    let mut cfg = run_config();
+    cfg["config"]["Cmd"] = serde_json::json!(["cat /etc/motd; echo $GREETING; pwd; id -u; id -g"]);
+    let mut l = layers(Comp::Gzip, Comp::None);
+    l[0].0.push(E::Symlink("bin/id", "busybox"));
+    l[0].0.push(E::Symlink("bin/pwd", "busybox"));
+    l[0].0.push(E::Symlink("bin/echo", "busybox"));
+    l[0].0.push(E::Dir("tmp/", 0o1777));
+    let img = image(&l, cfg);
+    write_layout(&env.path("layout"), &[(&img, "v1")]);
+    env.ok(&[
+        "image",
+        "import",
+        env.path("layout").to_str().unwrap(),
+        "--name",
+        "app:v1",
+    ]);
+    let scratch = env.path("scratch");
+    fs::create_dir(&scratch).unwrap();
+    let run = |args: &[&str]| {
+        let o = Command::new(STRATA)
+            .env("STRATA_RUN_DIR", &scratch)
+            .arg("--root")
+            .arg(env.path("store"))
+            .arg("run")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "run {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(run(&["app:v1"]), "layer2\nhi\n/data\n1000\n50\n");
+    // Arguments replace Cmd (the Entrypoint stays); --user and -e override.
+    assert_eq!(
+        run(&[
+            "--user",
+            "root",
+            "-e",
+            "GREETING=yo",
+            "app:v1",
+            "--",
+            "echo $GREETING; id -u"
+        ]),
+        "yo\n0\n"
+    );
+    // A persistent layer, committed, then run as its own image.
+    let keep = env.path("keep");
+    run(&[
+        "--user",
+        "root",
+        "--upper",
+        keep.to_str().unwrap(),
+        "app:v1",
+        "--",
+        "echo changed > /etc/motd; rm /data/b",
+    ]);
+    env.ok(&[
+        "commit",
+        "--upper",
+        keep.join("diff").to_str().unwrap(),
+        "--from",
+        "app:v1",
+        "--name",
+        "app:v2",
+    ]);
+    assert_eq!(
+        run(&["--user", "root", "app:v2", "--", "cat /etc/motd; ls /data"]),
+        "changed\nb-link\nnew\n"
+    );
+    assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0, "run left files");
+}
