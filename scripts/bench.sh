@@ -28,11 +28,12 @@ export LC_ALL=C
 repo=$PWD
 
 # ---- workloads: id -> one line of description ------------------------------------------------
-workloads=(mount walk readdir seqread seqread-ro randread copyup-big copyup-small chmod chown
+workloads=(mount walk walk-ro readdir seqread seqread-ro randread copyup-big copyup-small chmod chown
   create untar rm sha256 parallel rss)
 declare -A about=(
   [mount]="time for the mount command to return with the mount live"
   [walk]="stat of every entry (find -printf '%i %s'), caches dropped, then again warm"
+  [walk-ro]="the same on a mount of the lower layers only (no upper)"
   [readdir]="ls -f and ls -l of the 10k-entry directory spread over the layers, cold and warm"
   [seqread]="dd bs=1M of the big lower file, cold and warm (GB/s)"
   [seqread-ro]="the same on a mount of the lower layers only (no upper; FUSE passthrough territory)"
@@ -226,17 +227,20 @@ wl_mount() {
   rec "mount (s)" "$elapsed"
   umount_cand
 }
-wl_walk() {
-  local n
+stat_walk() { # stat_walk [ro]
+  local sfx=""
+  [ "${1:-}" = ro ] && sfx=", lowers only"
   drop
-  mount_cand
+  mount_cand "${1:-}"
   timed walk "$mnt" > "$run/count"
-  rec "stat walk cold (s)" "$elapsed"
+  rec "stat walk cold$sfx (s)" "$elapsed"
   timed walk "$mnt" > /dev/null
-  rec "stat walk warm (s)" "$elapsed"
+  rec "stat walk warm$sfx (s)" "$elapsed"
   rec "entries in the merged tree (count)" "$(cat "$run/count")"
   umount_cand
 }
+wl_walk() { stat_walk; }
+wl_walk-ro() { stat_walk ro; }
 ls_times() { # ls_times FLAG LABEL: cold once, then warm as the mean of 5
   local dir="$mnt/usr/share/dir10k" i t0 t1
   drop
