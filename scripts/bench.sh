@@ -219,6 +219,20 @@ mount_fg() {
 umount_cand() { unmount; }
 
 walk() { find "$1" -printf '%i %s\n' | wc -l; }
+# The timed steps of the write workloads. Kernel overlayfs fsyncs every file it copies up, so
+# copy-ups are timed until durable (sync) for everyone.
+first_write_big() { printf x | dd of="$mnt/big.img" bs=1 count=1 conv=notrunc,fsync status=none; sync; }
+first_write_small() { python3 scripts/bench_tool.py write-each "$mnt" "$small_list"; sync; }
+chmod_large() { chmod -R g+w "$mnt/opt/large"; sync; }
+chown_large() { chown -R 1000:1000 "$mnt/opt/large"; sync; }
+sha_tree() { find "$mnt/usr/share" -type f -print0 | xargs -0 -n 2000 sha256sum > /dev/null; }
+two_walks() {
+  local p
+  walk "$mnt/usr/share" > /dev/null &
+  p=$!
+  walk "$mnt/usr/lib" > /dev/null
+  wait "$p"
+}
 
 # ---- the workloads (each runs in a subshell with set -e; $cand, $rep, $wl are set) -----------
 wl_mount() {
@@ -251,7 +265,7 @@ ls_times() { # ls_times FLAG LABEL: cold once, then warm as the mean of 5
   for i in 1 2 3 4 5; do ls "$1" "$dir" > /dev/null; done
   t1=$(now_us)
   rec "$2 warm (s)" "$(secs $(((t1 - t0) / 5)))"
-  [ "$1" != -f ] || rec "entries in dir10k (count)" "$(ls -A "$dir" | wc -l)"
+  [ "$1" != -f ] || rec "entries in dir10k (count)" "$(find "$dir" -mindepth 1 -maxdepth 1 | wc -l)"
   umount_cand
 }
 wl_readdir() {
@@ -295,28 +309,28 @@ wl_copyup-big() {
   drop
   cat "$fixture/base/big.img" > /dev/null # the source warm: measure the copy, not the disk
   mount_cand
-  timed eval 'printf x | dd of="$mnt/big.img" bs=1 count=1 conv=notrunc,fsync status=none; sync'
+  timed first_write_big
   rec "copy-up big file, 1-byte write (s)" "$elapsed"
   umount_cand
 }
 wl_copyup-small() {
   drop
   mount_cand
-  timed eval 'python3 scripts/bench_tool.py write-each "$mnt" "$small_list"; sync'
+  timed first_write_small
   rec "copy-up 10k small files (s)" "$elapsed"
   umount_cand
 }
 wl_chmod() {
   drop
   mount_cand
-  timed eval 'chmod -R g+w "$mnt/opt/large"; sync'
+  timed chmod_large
   rec "chmod -R large files (s)" "$elapsed"
   umount_cand
 }
 wl_chown() {
   drop
   mount_cand
-  timed eval 'chown -R 1000:1000 "$mnt/opt/large"; sync'
+  timed chown_large
   rec "chown -R large files (s)" "$elapsed"
   umount_cand
 }
@@ -348,7 +362,7 @@ wl_rm() {
 wl_sha256() {
   drop
   mount_cand
-  timed eval 'find "$mnt/usr/share" -type f -print0 | xargs -0 -n 2000 sha256sum > /dev/null'
+  timed sha_tree
   rec "sha256sum small files cold (s)" "$elapsed"
   umount_cand
 }
@@ -364,7 +378,7 @@ wl_parallel() {
   umount_cand
   drop
   mount_cand
-  timed eval 'walk "$mnt/usr/share" > /dev/null & p=$!; walk "$mnt/usr/lib" > /dev/null; wait $p'
+  timed two_walks
   rec "2 walks concurrently, cold (s)" "$elapsed"
   rec "walk scaling, 2 concurrent (x)" "$(calc "($a + $b) / $elapsed")"
   umount_cand
