@@ -28,11 +28,12 @@ export LC_ALL=C
 repo=$PWD
 
 # ---- workloads: id -> one line of description ------------------------------------------------
-workloads=(mount walk readdir seqread seqread-ro randread copyup-big copyup-small chmod chown
+workloads=(mount walk walk-ro readdir seqread seqread-ro randread copyup-big copyup-small chmod chown
   create untar rm sha256 parallel rss)
 declare -A about=(
   [mount]="time for the mount command to return with the mount live"
   [walk]="stat of every entry (find -printf '%i %s'), caches dropped, then again warm"
+  [walk-ro]="the same on a mount of the lower layers only (no upper)"
   [readdir]="ls -f and ls -l of the 10k-entry directory spread over the layers, cold and warm"
   [seqread]="dd bs=1M of the big lower file, cold and warm (GB/s)"
   [seqread-ro]="the same on a mount of the lower layers only (no upper; FUSE passthrough territory)"
@@ -218,6 +219,20 @@ mount_fg() {
 umount_cand() { unmount; }
 
 walk() { find "$1" -printf '%i %s\n' | wc -l; }
+# The timed steps of the write workloads. Kernel overlayfs fsyncs every file it copies up, so
+# copy-ups are timed until durable (sync) for everyone.
+first_write_big() { printf x | dd of="$mnt/big.img" bs=1 count=1 conv=notrunc,fsync status=none; sync; }
+first_write_small() { python3 scripts/bench_tool.py write-each "$mnt" "$small_list"; sync; }
+chmod_large() { chmod -R g+w "$mnt/opt/large"; sync; }
+chown_large() { chown -R 1000:1000 "$mnt/opt/large"; sync; }
+sha_tree() { find "$mnt/usr/share" -type f -print0 | xargs -0 -n 2000 sha256sum > /dev/null; }
+two_walks() {
+  local p
+  walk "$mnt/usr/share" > /dev/null &
+  p=$!
+  walk "$mnt/usr/lib" > /dev/null
+  wait "$p"
+}
 
 # ---- the workloads (each runs in a subshell with set -e; $cand, $rep, $wl are set) -----------
 wl_mount() {
@@ -226,17 +241,20 @@ wl_mount() {
   rec "mount (s)" "$elapsed"
   umount_cand
 }
-wl_walk() {
-  local n
+stat_walk() { # stat_walk [ro]
+  local sfx=""
+  [ "${1:-}" = ro ] && sfx=", lowers only"
   drop
-  mount_cand
+  mount_cand "${1:-}"
   timed walk "$mnt" > "$run/count"
-  rec "stat walk cold (s)" "$elapsed"
+  rec "stat walk cold$sfx (s)" "$elapsed"
   timed walk "$mnt" > /dev/null
-  rec "stat walk warm (s)" "$elapsed"
+  rec "stat walk warm$sfx (s)" "$elapsed"
   rec "entries in the merged tree (count)" "$(cat "$run/count")"
   umount_cand
 }
+wl_walk() { stat_walk; }
+wl_walk-ro() { stat_walk ro; }
 ls_times() { # ls_times FLAG LABEL: cold once, then warm as the mean of 5
   local dir="$mnt/usr/share/dir10k" i t0 t1
   drop
@@ -247,7 +265,7 @@ ls_times() { # ls_times FLAG LABEL: cold once, then warm as the mean of 5
   for i in 1 2 3 4 5; do ls "$1" "$dir" > /dev/null; done
   t1=$(now_us)
   rec "$2 warm (s)" "$(secs $(((t1 - t0) / 5)))"
-  [ "$1" != -f ] || rec "entries in dir10k (count)" "$(ls -A "$dir" | wc -l)"
+  [ "$1" != -f ] || rec "entries in dir10k (count)" "$(find "$dir" -mindepth 1 -maxdepth 1 | wc -l)"
   umount_cand
 }
 wl_readdir() {
@@ -291,28 +309,28 @@ wl_copyup-big() {
   drop
   cat "$fixture/base/big.img" > /dev/null # the source warm: measure the copy, not the disk
   mount_cand
-  timed eval 'printf x | dd of="$mnt/big.img" bs=1 count=1 conv=notrunc,fsync status=none; sync'
+  timed first_write_big
   rec "copy-up big file, 1-byte write (s)" "$elapsed"
   umount_cand
 }
 wl_copyup-small() {
   drop
   mount_cand
-  timed eval 'python3 scripts/bench_tool.py write-each "$mnt" "$small_list"; sync'
+  timed first_write_small
   rec "copy-up 10k small files (s)" "$elapsed"
   umount_cand
 }
 wl_chmod() {
   drop
   mount_cand
-  timed eval 'chmod -R g+w "$mnt/opt/large"; sync'
+  timed chmod_large
   rec "chmod -R large files (s)" "$elapsed"
   umount_cand
 }
 wl_chown() {
   drop
   mount_cand
-  timed eval 'chown -R 1000:1000 "$mnt/opt/large"; sync'
+  timed chown_large
   rec "chown -R large files (s)" "$elapsed"
   umount_cand
 }
@@ -344,7 +362,7 @@ wl_rm() {
 wl_sha256() {
   drop
   mount_cand
-  timed eval 'find "$mnt/usr/share" -type f -print0 | xargs -0 -n 2000 sha256sum > /dev/null'
+  timed sha_tree
   rec "sha256sum small files cold (s)" "$elapsed"
   umount_cand
 }
@@ -360,7 +378,7 @@ wl_parallel() {
   umount_cand
   drop
   mount_cand
-  timed eval 'walk "$mnt/usr/share" > /dev/null & p=$!; walk "$mnt/usr/lib" > /dev/null; wait $p'
+  timed two_walks
   rec "2 walks concurrently, cold (s)" "$elapsed"
   rec "walk scaling, 2 concurrent (x)" "$(calc "($a + $b) / $elapsed")"
   umount_cand
