@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, integration tests that mount strata and kernel overlayfs for
 # real (they need root and /dev/fuse, and print `SKIP ...` without them), property tests, and a
-# 20-second fuzz smoke run of the -o parser when cargo-fuzz is installed.
+# 20-second fuzz smoke run of each parser (-o options, layer tars) when cargo-fuzz is installed.
 #
 #   scripts/test.sh          quick profile (the property tests' own default case counts)
 #   scripts/test.sh --long   long profile: PROPTEST_CASES=2000
@@ -45,19 +45,23 @@ set -e
 
 fuzz_status=0
 if command -v cargo-fuzz >/dev/null 2>&1; then
-  banner "fuzz smoke: scripts/fuzz.sh mount_options 20"
   fuzz_log=$(mktemp)
   trap 'rm -f "$log" "$fuzz_log"' EXIT
-  set +e
-  scripts/fuzz.sh mount_options 20 > "$fuzz_log" 2>&1
-  fuzz_status=$?
-  set -e
-  if ((fuzz_status == 0)); then
-    grep -E '^Done [0-9]+ runs' "$fuzz_log" || tail -n 3 "$fuzz_log"
-  else
-    tail -n 60 "$fuzz_log"
-    echo "fuzz smoke FAILED (exit $fuzz_status); the input is saved under fuzz/artifacts/mount_options/"
-  fi
+  # The two parsers of outside input: mount options and image layer tars.
+  for target in mount_options unpack; do
+    banner "fuzz smoke: scripts/fuzz.sh $target 20"
+    set +e
+    scripts/fuzz.sh "$target" 20 > "$fuzz_log" 2>&1
+    status=$?
+    set -e
+    if ((status == 0)); then
+      grep -E '^Done [0-9]+ runs' "$fuzz_log" || tail -n 3 "$fuzz_log"
+    else
+      fuzz_status=$status
+      tail -n 60 "$fuzz_log"
+      echo "fuzz smoke FAILED (exit $status); the input is saved under fuzz/artifacts/$target/"
+    fi
+  done
 else
   banner "fuzz smoke: skipped (cargo-fuzz is not installed; scripts/fuzz.sh installs it)"
 fi
