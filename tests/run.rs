@@ -385,6 +385,35 @@ fn rootless_run_as_unprivileged_user() {
         "limits silently dropped: {}",
         stderr(&o)
     );
+
+    // With subordinate ranges, newuidmap maps ids 1.. inside too: chown to another user works
+    // and shows. (Appended for this test, restored after.)
+    let _subuid = Restore::file("/etc/subuid");
+    let _subgid = Restore::file("/etc/subgid");
+    for f in ["/etc/subuid", "/etc/subgid"] {
+        let mut text = fs::read_to_string(f).unwrap_or_default();
+        text.push_str("nobody:300000:65536\n");
+        fs::write(f, text).unwrap();
+    }
+    let o = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_strata"))
+        .env("STRATA_RUN_DIR", &b.scratch)
+        .arg("run")
+        .arg("--lower")
+        .arg(&b.fx.layers[0])
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "wc -l < /proc/self/uid_map; echo x > /tmp/f; chown 100:100 /tmp/f; ls -ln /tmp/f",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("2\n"), "no subordinate range mapped: {out}");
+    assert!(out.contains(" 100 "), "chown inside did not stick: {out}");
     b.assert_clean();
 }
 
@@ -393,6 +422,24 @@ struct Restore(fs::Permissions);
 impl Drop for Restore {
     fn drop(&mut self) {
         let _ = fs::set_permissions("/dev/fuse", self.0.clone());
+    }
+}
+
+/// Puts a system file's content back (or removes it if it did not exist).
+struct RestoreFile(&'static str, Option<Vec<u8>>);
+
+impl Restore {
+    fn file(path: &'static str) -> RestoreFile {
+        RestoreFile(path, fs::read(path).ok())
+    }
+}
+
+impl Drop for RestoreFile {
+    fn drop(&mut self) {
+        let _ = match &self.1 {
+            Some(c) => fs::write(self.0, c),
+            None => fs::remove_file(self.0),
+        };
     }
 }
 

@@ -11,6 +11,7 @@
 mod cgroup;
 mod init;
 mod rootfs;
+mod userns;
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -242,22 +243,6 @@ fn ns_err<E: Into<std::io::Error>>(step: &'static str) -> impl FnOnce(E) -> RunE
     }
 }
 
-/// Rootless: the caller becomes root of a new user namespace (one id mapped: itself).
-fn enter_user_namespace() -> Result<(), RunError> {
-    let (uid, gid) = (rustix::process::getuid(), rustix::process::getgid());
-    sys::unshare(UnshareFlags::NEWUSER | UnshareFlags::NEWNS).map_err(ns_err("user and mount"))?;
-    let w = |file: &str, s: String| {
-        std::fs::write(file, s).map_err(|cause| RunError::Namespace {
-            step: "writing the id maps",
-            cause,
-        })
-    };
-    w("/proc/self/setgroups", "deny".into())?;
-    w("/proc/self/uid_map", format!("0 {} 1", uid.as_raw()))?;
-    w("/proc/self/gid_map", format!("0 {} 1", gid.as_raw()))?;
-    Ok(())
-}
-
 /// Runs the container; returns the exit code strata should exit with (the command's, 128+N
 /// when a signal killed it, 137 when the OOM killer did).
 pub fn run(spec: &RunSpec) -> Result<i32, RunError> {
@@ -280,8 +265,10 @@ pub fn run(spec: &RunSpec) -> Result<i32, RunError> {
     let scratch = Scratch::new(spec)?;
 
     // 1. Our own mount namespace: the union is mounted and served only there.
+    // With one id mapped, files of other owners are squashed to root (see mount_request).
+    let mut squash = false;
     if rootless {
-        enter_user_namespace()?;
+        squash = !userns::enter()?;
     } else {
         sys::unshare(UnshareFlags::NEWNS).map_err(ns_err("mount"))?;
     }
@@ -303,7 +290,7 @@ pub fn run(spec: &RunSpec) -> Result<i32, RunError> {
     drop(go_rd);
     // Until "go" is written, any error here closes the pipe and the relay exits.
     let mut go = std::fs::File::from(go_wr);
-    let started = supervise(spec, &scratch, relay, &mut go, rootless);
+    let started = supervise(spec, &scratch, relay, &mut go, squash);
     drop(go);
     let (session, cgroup) = match started {
         Ok(v) => v,
@@ -340,7 +327,7 @@ fn supervise(
     scratch: &Scratch,
     relay: Pid,
     go: &mut std::fs::File,
-    rootless: bool,
+    squash: bool,
 ) -> Result<(fuser::BackgroundSession, Option<cgroup::Cgroup>), RunError> {
     let l = &spec.limits;
     let cgroup = if l.memory.is_some() || l.cpus.is_some() || l.pids.is_some() {
@@ -361,7 +348,7 @@ fn supervise(
     } else {
         None
     };
-    let session = crate::mount::spawn(&mount_request(scratch, spec, rootless))?;
+    let session = crate::mount::spawn(&mount_request(scratch, spec, squash))?;
     let mut signals =
         signal_hook::iterator::Signals::new(init::FORWARDED).map_err(RunError::Process)?;
     std::thread::spawn(move || {
@@ -477,7 +464,7 @@ fn wait(pid: Pid) -> i32 {
     }
 }
 
-fn mount_request(scratch: &Scratch, spec: &RunSpec, rootless: bool) -> MountRequest {
+fn mount_request(scratch: &Scratch, spec: &RunSpec, squash: bool) -> MountRequest {
     let mut options = MountOptions {
         lowers: spec.lowers.clone(),
         upper: Some(scratch.upper.clone()),
@@ -488,7 +475,7 @@ fn mount_request(scratch: &Scratch, spec: &RunSpec, rootless: bool) -> MountRequ
     // Rootless with one id mapped, layer files owned by anyone else would have no owner
     // inside, and the kernel refuses every write to such a file or directory: they appear
     // owned by the container's root instead (fuse-overlayfs's squash_to_root).
-    if rootless {
+    if squash {
         options.ids.squash_uid = Some(0);
         options.ids.squash_gid = Some(0);
     }
