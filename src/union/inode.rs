@@ -218,4 +218,9 @@ impl NodeTable {
     pub fn count(&self) -> usize {
         self.nodes.len()
     }
+
+    /// Gives back table capacity left over after many nodes were forgotten.
+    pub fn shrink(&self) {
+        self.nodes.shrink_to_fit();
+    }
 }

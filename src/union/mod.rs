@@ -68,6 +68,8 @@ pub struct Union {
     files: DashMap<u64, (Arc<Node>, Arc<File>, bool)>,
     dirs: DashMap<u64, Arc<Mutex<DirHandle>>>,
     next_fh: AtomicU64,
+    /// Nodes forgotten so far: every thousand, memory goes back to the system.
+    forgotten: AtomicU64,
     /// `workdir/work`, where objects are built before being renamed into the upper.
     work: Option<Arc<OwnedFd>>,
     stage_seq: AtomicU64,
@@ -139,6 +141,7 @@ impl Union {
             files: DashMap::new(),
             dirs: DashMap::new(),
             next_fh: AtomicU64::new(1),
+            forgotten: AtomicU64::new(0),
             work,
             stage_seq: AtomicU64::new(0),
             xattr_prefix: prefix,
@@ -238,6 +241,12 @@ impl Union {
     pub fn forget(&self, id: u64, n: u64) {
         if let Some(node) = self.nodes.forget(id, n) {
             self.drop_hidden_link(&node);
+            drop(node);
+            // After a large eviction (the kernel forgetting a tree walk), hand the memory back.
+            if self.forgotten.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
+                self.nodes.shrink();
+                sys::release_free_memory();
+            }
         }
     }
 
