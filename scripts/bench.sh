@@ -24,7 +24,7 @@
 # The README's "Benchmarks" section says what each workload measures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export LC_ALL=C
+export LC_ALL=C PYTHONDONTWRITEBYTECODE=1
 repo=$PWD
 
 # ---- workloads: id -> one line of description ------------------------------------------------
