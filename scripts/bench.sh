@@ -5,7 +5,7 @@
 #
 #   scripts/bench.sh [--quick] [--reps N] [--only W1,W2,...] [--out DIR] [--list]   (as root)
 #
-#   --quick       small fixture (~6k files, 64 MiB big file), 1 rep: a smoke test, not numbers
+#   --quick       small fixture (~7k entries, 64 MiB big file), 1 rep: a smoke test, not numbers
 #   --reps N      repetitions of every measurement (default 3; REPS=N works too)
 #   --only LIST   a subset of the workloads, comma-separated (see --list)
 #   --out DIR     where results go (default bench-results/)
@@ -24,7 +24,7 @@
 # The README's "Benchmarks" section says what each workload measures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export LC_ALL=C
+export LC_ALL=C PYTHONDONTWRITEBYTECODE=1
 repo=$PWD
 
 # ---- workloads: id -> one line of description ------------------------------------------------
@@ -85,9 +85,11 @@ fi
 say() { printf '%s\n' "$*" >&2; }
 say "== bench.sh: setup (scripts/setup.sh) and a release build of strata"
 scripts/setup.sh > /dev/null
+strata_note=" (${STRATA:-})"
 if [ -z "${STRATA:-}" ]; then
   cargo build --release -q
   STRATA="$repo/target/release/strata"
+  strata_note=""
 fi
 
 # ---- candidates: label -> program ("kernel" is the kernel's overlay) -------------------------
@@ -415,8 +417,11 @@ versions=""
 for c in "${candidates[@]}"; do
   case "$c" in
     kernel) v="overlay, Linux $(uname -r)" ;;
-    strata) v="strata $(commit)${STRATA:+ ($STRATA)}" ;;
-    *) v=$("${prog[$c]}" --version 2>&1 | grep -i -m1 "$c.*version" || true) ;;
+    strata) v="strata $(commit)$strata_note" ;;
+    *)
+      v=$("${prog[$c]}" --version 2>&1 || true)
+      v=$(grep -i -m1 "$(basename "${prog[$c]}").*version" <<< "$v" || grep -i -m1 version <<< "$v" || head -1 <<< "$v")
+      ;;
   esac
   versions+="$c=$v"$'\n'
 done
