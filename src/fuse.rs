@@ -185,6 +185,9 @@ impl Filesystem for StrataFs {
             InitFlags::FUSE_DO_READDIRPLUS,
             // The kernel uses readdirplus only where stat follows listing (ls -l, find).
             InitFlags::FUSE_READDIRPLUS_AUTO,
+            // The kernel checks and caches POSIX ACLs itself, as it does for kernel overlayfs
+            // (which passes the layers' ACLs through): no getxattr round trip per `ls -l`.
+            InitFlags::FUSE_POSIX_ACL,
         ] {
             let _ = config.add_capabilities(cap);
         }

@@ -704,3 +704,55 @@ fn metadata_changes_copy_up_no_data() {
     );
     assert_eq!(fs::read(k.mnt.join("big")).unwrap(), big);
 }
+
+/// POSIX ACLs in a layer grant access as they do through kernel overlayfs: a user named in a
+/// file's ACL reads it although the mode bits alone would refuse.
+#[test]
+fn posix_acls_are_enforced_like_the_kernel() {
+    if !require_mount_env() {
+        return;
+    }
+    let fx = Fixture::new(2);
+    fs::set_permissions(fx.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let f = fx.layers[1].join("secret");
+    write(&f, b"for user 1000\n");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+    // system.posix_acl_access: version 2, then (tag, perm, id) entries:
+    // user::rw- user:1000:r-- group::--- mask::r-- other::---
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, u32::MAX),
+        (0x02, 4, 1000),
+        (0x04, 0, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    set_xattr(&f, "system.posix_acl_access", &acl);
+    let read_as = |uid: &str, path: &Path| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid", uid, "--regid", uid, "--clear-groups", "cat"])
+            .arg(path)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    let km = fx.path("k");
+    let k = KernelOverlay::lowers(&fx.layers, &km);
+    let sm = fx.path("s");
+    let s = StrataMount::lowers(&fx.layers, &sm);
+    for (who, want) in [("1000", true), ("1001", false)] {
+        let kernel = read_as(who, &km.join("secret"));
+        assert_eq!(kernel, want, "kernel overlayfs, uid {who}");
+        assert_eq!(
+            read_as(who, &sm.join("secret")),
+            kernel,
+            "strata vs kernel, uid {who}"
+        );
+    }
+    drop(s);
+    drop(k);
+}
