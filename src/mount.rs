@@ -285,7 +285,7 @@ fn filesystem(
     })?;
     let has_upper = union.has_upper();
     let ttl = req.options.timeout.unwrap_or(if has_upper {
-        Duration::from_secs(1)
+        Duration::from_secs(86400)
     } else {
         // Nothing can change a lower-only union: let the kernel cache it for good.
         Duration::from_secs(86400)
