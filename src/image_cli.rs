@@ -29,7 +29,8 @@ pub enum ImageCmd {
 
 #[derive(clap::Args)]
 pub struct CommitArgs {
-    /// The upper layer (what changed over --from).
+    /// The upper layer (what changed over --from), or a container layer kept by
+    /// `strata run --upper DIR` (its DIR/diff is used).
     #[arg(long, value_name = "DIR")]
     upper: PathBuf,
     /// The image the upper layer was made over.
@@ -133,7 +134,13 @@ pub fn image(root: Option<PathBuf>, cmd: ImageCmd) -> anyhow::Result<()> {
 
 pub fn commit(root: Option<PathBuf>, a: CommitArgs) -> anyhow::Result<()> {
     let store = store(root)?;
-    let upper: &Path = &a.upper;
+    // A persistent container layer of `strata run --upper DIR` keeps its changes in DIR/diff.
+    let kept = a.upper.join("diff");
+    let upper: &Path = if kept.is_dir() && a.upper.join("work").is_dir() {
+        &kept
+    } else {
+        &a.upper
+    };
     let d = image::commit::commit(&store, upper, &a.from, &a.name, a.message.as_deref())
         .with_context(|| format!("committing {}", upper.display()))?;
     println!("{} {d}", image::oci::normalize_name(&a.name)?);

@@ -1031,20 +1031,31 @@ fn run_image_with_its_config_then_commit_and_run_again() {
         keep.to_str().unwrap(),
         "app:v1",
         "--",
-        "echo changed > /etc/motd; rm /data/b",
+        "echo changed > /etc/motd; rm /data/b; chmod 600 /data/new/n",
     ]);
+    // chmod made a metacopy (no data in the upper): the commit must still carry the data.
+    assert!(
+        fs::metadata(keep.join("diff/data/new/n")).unwrap().blocks() <= 16,
+        "expected a metacopy in the container layer"
+    );
     env.ok(&[
         "commit",
         "--upper",
-        keep.join("diff").to_str().unwrap(),
+        keep.to_str().unwrap(),
         "--from",
         "app:v1",
         "--name",
         "app:v2",
     ]);
     assert_eq!(
-        run(&["--user", "root", "app:v2", "--", "cat /etc/motd; ls /data"]),
-        "changed\nb-link\nnew\n"
+        run(&[
+            "--user",
+            "root",
+            "app:v2",
+            "--",
+            "cat /etc/motd; ls /data; cat /data/new/n"
+        ]),
+        "changed\nb-link\nnew\nn\n"
     );
     assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0, "run left files");
 }

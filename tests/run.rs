@@ -492,3 +492,50 @@ fn bad_input_gets_one_line_and_docker_exit_codes() {
     }
     b.assert_clean();
 }
+
+#[test]
+fn hardening_read_only_root_and_binds() {
+    let Some(b) = Box::new() else { return };
+    let o = b.run(
+        &[],
+        "grep -E '^(NoNewPrivs|CapBnd)' /proc/self/status; wc -c < /proc/kcore; \
+         echo 1 > /proc/sysrq-trigger 2>/dev/null && echo sysrq-writable; \
+         grep ' / ' /proc/self/mountinfo | grep -c shared",
+    );
+    let out = stdout(&o);
+    assert!(
+        out.contains("NoNewPrivs:\t1"),
+        "no_new_privs not set: {out}"
+    );
+    // docker's default set: bits 0-8 minus 2 (DAC_READ_SEARCH), 10, 13, 18, 27, 29, 31.
+    assert!(
+        out.contains("CapBnd:\t00000000a80425fb"),
+        "capability bounding set: {out}"
+    );
+    assert!(out.contains("\n0\n"), "/proc/kcore not masked: {out}");
+    assert!(
+        !out.contains("sysrq-writable"),
+        "/proc/sysrq-trigger writable: {out}"
+    );
+    assert!(
+        out.trim_end().ends_with('0'),
+        "root mount propagation is shared: {out}"
+    );
+
+    let o = b.run(
+        &["--read-only"],
+        "touch /etc/x 2>/dev/null || echo refused; echo ok > /dev/shm/x && cat /dev/shm/x",
+    );
+    assert_eq!(stdout(&o), "refused\nok\n", "--read-only");
+
+    let src = b.fx.path("shared");
+    write(&src.join("f"), b"from the host\n");
+    let bind = format!("{}:/mnt/shared:ro", src.display());
+    let o = b.run(
+        &["--bind", &bind],
+        "cat /mnt/shared/f; echo x > /mnt/shared/g 2>/dev/null || echo refused",
+    );
+    assert_eq!(stdout(&o), "from the host\nrefused\n");
+    assert!(!src.join("g").exists());
+    b.assert_clean();
+}

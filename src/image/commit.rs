@@ -37,6 +37,7 @@ const OPAQUE: [&[u8]; 3] = [
     b"user.fuseoverlayfs.opaque",
 ];
 const WHITEOUT: [&[u8]; 2] = [b"trusted.overlay.whiteout", b"user.overlay.whiteout"];
+const METACOPY: [&[u8]; 2] = crate::union::METACOPY_XATTRS;
 
 type Sink = HashWriter<flate2::write::GzEncoder<HashWriter<BufWriter<File>>>>;
 
@@ -209,6 +210,29 @@ impl Writer<'_> {
             }
             self.pax(&xattrs).map_err(err("writing"))?;
             match fmt {
+                // A metacopy (chmod/chown of a lower file) holds no data: read it where the
+                // container read it, through the union.
+                libc::S_IFREG
+                    if has_value(dir, n, &METACOPY, None).map_err(err("reading xattrs of"))? =>
+                {
+                    self.open_merged()?;
+                    let data = match self.merged.as_ref().map(|m| m.lookup(&path)) {
+                        Some(Ok(Some((id, _)))) => self
+                            .merged
+                            .as_ref()
+                            .map(|m| m.read_file(id))
+                            .transpose()
+                            .map_err(err("reading (merged)"))?
+                            .unwrap_or_default(),
+                        Some(Err(e)) => return Err(err("looking up (merged)")(e)),
+                        _ => Vec::new(),
+                    };
+                    let mut h = header(EntryType::Regular, &st);
+                    h.set_size(data.len() as u64);
+                    self.tar
+                        .append_data(&mut h, OsStr::from_bytes(&path), data.as_slice())
+                        .map_err(err("writing"))?;
+                }
                 libc::S_IFREG => {
                     let f = sys::open_for_copy(dir, n).map_err(err("opening"))?;
                     let mut h = header(EntryType::Regular, &st);
@@ -249,13 +273,17 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// The upper over the image's layers, as the container saw them (built on first use).
+    fn open_merged(&mut self) -> Result<()> {
+        if self.merged.is_none() {
+            self.merged = Some(Merged::with_upper(self.upper, self.lowers)?);
+        }
+        Ok(())
+    }
+
     /// A renamed directory: written whole, as an opaque directory, from the merged view.
     fn merged_dir(&mut self, path: &[u8]) -> Result<()> {
-        if self.merged.is_none() {
-            let mut layers = vec![self.upper.to_owned()];
-            layers.extend(self.lowers.iter().cloned());
-            self.merged = Some(Merged::new(&layers)?);
-        }
+        self.open_merged()?;
         let err = |step| err_at(step, self.upper, path);
         let found = self
             .merged

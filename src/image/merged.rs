@@ -18,12 +18,26 @@ pub struct Merged {
 impl Merged {
     /// `layers` top first.
     pub fn new(layers: &[PathBuf]) -> Result<Merged> {
+        Self::build(None, layers)
+    }
+
+    /// A container's upper layer (read as strata reads an upper: metacopies, redirects) over
+    /// its image's `lowers`.
+    pub fn with_upper(upper: &std::path::Path, lowers: &[PathBuf]) -> Result<Merged> {
+        Self::build(Some(upper), lowers)
+    }
+
+    fn build(upper: Option<&std::path::Path>, layers: &[PathBuf]) -> Result<Merged> {
         let mut lowers = Vec::new();
         for l in layers {
             lowers.push(sys::open_root(l).map_err(io_err("opening layer", l))?);
         }
+        let upper = match upper {
+            Some(u) => Some(sys::open_root(u).map_err(io_err("opening layer", u))?),
+            None => None,
+        };
         let stack = Stack {
-            upper: None,
+            upper,
             work: None,
             lowers,
         };

@@ -22,6 +22,7 @@ use dashmap::DashMap;
 
 pub use inode::{Node, ROOT_ID};
 pub use layer::{is_internal_xattr, shown_xattr_name, stored_xattr_name};
+pub use lookup::METACOPY_XATTRS;
 pub use ops::{Caller, SetAttr};
 pub use readdir::Entry;
 pub use rustix::fs::FileType;
@@ -99,7 +100,8 @@ impl Union {
                 Some(Arc::new(open_or_make_dir(w.as_fd(), INDEX)?)),
                 Some(Arc::new(open_or_make_dir(w.as_fd(), KERNEL_INDEX)?)),
             ),
-            (Some(_), None) => return Err(err(libc::EINVAL)),
+            // An upper without a workdir: a read-only view of it (commit reads uppers so).
+            (Some(_), None) => (None, None, None),
             _ => (None, None, None),
         };
         let privileged = work.as_ref().is_some_and(|w| can_set_trusted(w.as_fd()));
