@@ -120,10 +120,10 @@ impl StrataFs {
             union,
             ttl,
             passthrough: try_passthrough,
-            backing: DashMap::new(),
-            handle_backing: DashMap::new(),
-            cached_opens: DashMap::new(),
-            cached_handles: DashMap::new(),
+            backing: crate::union::table(),
+            handle_backing: crate::union::table(),
+            cached_opens: crate::union::table(),
+            cached_handles: crate::union::table(),
             backing_lock: Mutex::new(()),
         }
     }

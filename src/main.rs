@@ -80,7 +80,7 @@ struct MountArgs {
 }
 
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(4, |n| (n.get() * 2).clamp(4, 16))
+    (strata::sys::cpu_count() * 2).clamp(4, 16)
 }
 
 /// `strata -o ... MNT` (fuse-overlayfs form) and `strata SRC MNT -o ...` (mount helper form)

@@ -483,6 +483,7 @@ fn mount_request(scratch: &Scratch, spec: &RunSpec, squash: bool) -> MountReques
         options,
         mountpoint: scratch.root.clone(),
         foreground: true,
-        threads: 4,
+        // A container start is latency-bound; the kernel queues requests for the ones there are.
+        threads: sys::cpu_count().clamp(2, 4),
     }
 }

@@ -107,3 +107,9 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// CPUs this process may run on. (std's available_parallelism also reads the cgroup CPU quota
+/// files, which costs milliseconds on cgroup v1: too slow for every `strata run`.)
+pub fn cpu_count() -> usize {
+    rustix::thread::sched_getaffinity(None).map_or(1, |s| s.count().max(1) as usize)
+}

@@ -16,6 +16,12 @@ use dashmap::mapref::entry::Entry;
 
 use super::layer::DirCopy;
 
+/// A concurrent map sharded for this machine. (DashMap's own default asks std for the CPU
+/// count, which reads cgroup files: milliseconds at every start on cgroup v1.)
+pub fn table<K: Eq + std::hash::Hash, V>() -> DashMap<K, V> {
+    DashMap::with_shard_amount((crate::sys::cpu_count() * 4).next_power_of_two().max(4))
+}
+
 /// FUSE's id for the root directory.
 pub const ROOT_ID: u64 = 1;
 
@@ -132,7 +138,7 @@ pub struct NodeTable {
 impl NodeTable {
     pub fn new() -> Self {
         NodeTable {
-            nodes: DashMap::new(),
+            nodes: table(),
             generation: AtomicU64::new(1),
         }
     }

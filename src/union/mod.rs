@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
-pub use inode::{Node, ROOT_ID};
+pub use inode::{Node, ROOT_ID, table};
 pub use layer::{is_internal_xattr, shown_xattr_name, stored_xattr_name};
 pub use lookup::METACOPY_XATTRS;
 pub use ops::{Caller, SetAttr};
@@ -140,8 +140,8 @@ impl Union {
             layers,
             nodes: NodeTable::new(),
             inos: InoMap::default(),
-            files: DashMap::new(),
-            dirs: DashMap::new(),
+            files: inode::table(),
+            dirs: inode::table(),
             next_fh: AtomicU64::new(1),
             forgotten: AtomicU64::new(0),
             work,
