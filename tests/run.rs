@@ -539,3 +539,54 @@ fn hardening_read_only_root_and_binds() {
     assert!(!src.join("g").exists());
     b.assert_clean();
 }
+
+/// With a terminal (a pty from script(1)), the command becomes its foreground job: an
+/// interactive shell has job control, and the exit status still comes through.
+#[test]
+fn terminal_job_control_and_status() {
+    let Some(b) = Box::new() else { return };
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIP {}: script(1) missing (util-linux)", test_name());
+        return;
+    }
+    let strata = format!(
+        "{} run --lower {}",
+        env!("CARGO_BIN_EXE_strata"),
+        b.fx.layers[0].display()
+    );
+    let status = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{strata} -- /bin/sh -c 'exit 3'"),
+            "/dev/null",
+        ])
+        .env("STRATA_RUN_DIR", &b.scratch)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .status;
+    assert_eq!(status.code(), Some(3), "exit status through a terminal");
+
+    let mut child = Command::new("script")
+        .args(["-qec", &format!("{strata} -- /bin/sh -i"), "/dev/null"])
+        .env("STRATA_RUN_DIR", &b.scratch)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        input
+            .write_all(b"sleep 1 &\njobs\nfg\necho fg-status=$?\nexit 4\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    let o = child.wait_with_output().unwrap();
+    let out = stdout(&o).replace('\r', "");
+    assert!(out.contains("Running"), "no job control: {out}");
+    assert!(out.contains("fg-status=0"), "fg failed: {out}");
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    b.assert_clean();
+}

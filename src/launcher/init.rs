@@ -34,8 +34,14 @@ pub fn relay(mut signals: signal_hook::iterator::Signals, child: Pid, reap_all: 
     loop {
         // Collect whatever has exited (our child, or orphans reparented to PID 1).
         loop {
-            let target = if reap_all { None } else { Some(child) };
-            match waitpid(target, WaitOptions::NOHANG) {
+            // Any child for PID 1 (wait(2), pid -1: `waitpid(None)` would mean our own
+            // process group only, and the command leads its own with a terminal).
+            let reaped = if reap_all {
+                rustix::process::wait(WaitOptions::NOHANG)
+            } else {
+                waitpid(Some(child), WaitOptions::NOHANG)
+            };
+            match reaped {
                 Ok(Some((pid, status))) => {
                     if pid == child {
                         return exit_code(status);
