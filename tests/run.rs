@@ -361,23 +361,24 @@ fn rootless_run_as_unprivileged_user() {
         std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     )
     .unwrap();
-    let o = Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_strata"))
-        .env("STRATA_RUN_DIR", &b.scratch)
-        .arg("run")
-        .arg("--lower")
-        .arg(&b.fx.layers[0])
-        .args([
-            "--pids",
-            "50",
-            "--",
-            "/bin/sh",
-            "-c",
-            "id -u; echo x > /tmp/w; cat /tmp/w; echo y > /etc/w; cat /etc/w; hostname",
-        ])
-        .output()
-        .unwrap();
+    // strata run as uid 65534, with extra options before `--`.
+    let as_nobody = |opts: &[&str], script: &str| {
+        Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_strata"))
+            .env("STRATA_RUN_DIR", &b.scratch)
+            .arg("run")
+            .arg("--lower")
+            .arg(&b.fx.layers[0])
+            .args(opts)
+            .args(["--", "/bin/sh", "-c", script])
+            .output()
+            .unwrap()
+    };
+    let o = as_nobody(
+        &["--pids", "50"],
+        "id -u; echo x > /tmp/w; cat /tmp/w; echo y > /etc/w; cat /etc/w; hostname",
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "0\nx\ny\nstrata\n");
     assert!(
@@ -395,21 +396,10 @@ fn rootless_run_as_unprivileged_user() {
         text.push_str("nobody:300000:65536\n");
         fs::write(f, text).unwrap();
     }
-    let o = Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_strata"))
-        .env("STRATA_RUN_DIR", &b.scratch)
-        .arg("run")
-        .arg("--lower")
-        .arg(&b.fx.layers[0])
-        .args([
-            "--",
-            "/bin/sh",
-            "-c",
-            "wc -l < /proc/self/uid_map; echo x > /tmp/f; chown 100:100 /tmp/f; ls -ln /tmp/f",
-        ])
-        .output()
-        .unwrap();
+    let o = as_nobody(
+        &[],
+        "wc -l < /proc/self/uid_map; echo x > /tmp/f; chown 100:100 /tmp/f; ls -ln /tmp/f",
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.starts_with("2\n"), "no subordinate range mapped: {out}");
