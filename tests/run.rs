@@ -76,27 +76,22 @@ impl Box {
             !mounts.contains(self.scratch.to_str().unwrap()),
             "a container mount is visible on the host"
         );
+        // A container's cgroup is named after its strata process, which removes it before it
+        // exits: a cgroup whose process is gone is a leak (others belong to concurrent runs).
         for ctrl in ["memory", "cpu", "pids"] {
             let dir = Path::new("/sys/fs/cgroup").join(ctrl).join("strata");
-            if let Ok(entries) = fs::read_dir(&dir) {
-                let ours: Vec<_> = entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .filter(|e| {
-                        e.path()
-                            .join("cgroup.procs")
-                            .exists()
-                            .then(|| {
-                                fs::read_to_string(e.path().join("cgroup.procs"))
-                                    .unwrap_or_default()
-                            })
-                            .is_some_and(|p| p.trim().is_empty())
-                            && e.file_name().to_string_lossy().starts_with("strata-")
-                    })
-                    .collect();
-                // Cgroups of other concurrent runs hold processes; an empty one is a leak.
-                assert!(ours.is_empty(), "empty cgroups left: {ours:?}");
-            }
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            let leaked: Vec<PathBuf> = entries
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let pid = name.strip_prefix("strata-")?.parse::<u32>().ok()?;
+                    (!Path::new(&format!("/proc/{pid}")).exists()).then(|| e.path())
+                })
+                .collect();
+            assert!(leaked.is_empty(), "cgroups left behind: {leaked:?}");
         }
     }
 }
