@@ -28,10 +28,18 @@ declare -A by_command=(
   [cc]=gcc                   # the linker cargo uses
   [skopeo]=skopeo            # tests: exported OCI layouts read back
   [umoci]=umoci              # tests: exported OCI layouts unpacked
+  [podman]=podman            # tests: strata as podman's / buildah's mount program
+  [buildah]=buildah
+  [runc]=runc                # the OCI runtime those tests name (--runtime runc)
+  [conmon]=conmon
+  [newuidmap]=uidmap         # rootless podman/buildah: the user's subuid range
+  [newgidmap]=uidmap
+  [slirp4netns]=slirp4netns  # rootless podman's network helper
 )
 # packages checked by name (their command may come from another package)
 by_package=(
   busybox-static             # a static busybox for test root filesystems
+  containers-storage         # /etc/containers/storage.conf and the storage man pages
 )
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }

@@ -111,7 +111,14 @@ pub struct StrataFs {
     cached_handles: DashMap<u64, u64>,
     /// Serialises the choice of I/O mode per open (rare: only opens).
     backing_lock: Mutex<()>,
+    /// `volatile`: fsync is a no-op (fuse-overlayfs's meaning, and the kernel's).
+    volatile: bool,
+    /// `noacl`: POSIX ACLs are neither enforced nor stored.
+    noacl: bool,
 }
+
+/// The xattrs that hold POSIX ACLs.
+const ACL_XATTRS: [&[u8]; 2] = [b"system.posix_acl_access", b"system.posix_acl_default"];
 
 impl StrataFs {
     pub fn new(union: Union, ttl: Duration, try_passthrough: bool, ids: IdMapping) -> Self {
@@ -125,7 +132,21 @@ impl StrataFs {
             cached_opens: crate::union::table(),
             cached_handles: crate::union::table(),
             backing_lock: Mutex::new(()),
+            volatile: false,
+            noacl: false,
         }
+    }
+
+    /// Applies `volatile` and `noacl`.
+    pub fn tune(mut self, volatile: bool, noacl: bool) -> Self {
+        self.volatile = volatile;
+        self.noacl = noacl;
+        self
+    }
+
+    /// Under `noacl`, an ACL xattr is refused as on a filesystem without ACL support.
+    fn acl_refused(&self, name: &OsStr) -> bool {
+        self.noacl && ACL_XATTRS.contains(&name.as_bytes())
     }
 
     /// The backing id for a passthrough open of `ino`, shared with its other open handles;
@@ -189,6 +210,9 @@ impl Filesystem for StrataFs {
             // (which passes the layers' ACLs through): no getxattr round trip per `ls -l`.
             InitFlags::FUSE_POSIX_ACL,
         ] {
+            if cap == InitFlags::FUSE_POSIX_ACL && self.noacl {
+                continue;
+            }
             let _ = config.add_capabilities(cap);
         }
         if self.passthrough {
@@ -379,6 +403,9 @@ impl Filesystem for StrataFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.acl_refused(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         let mut buf = vec![0u8; size as usize];
         match self.union.getxattr(ino.0, name.as_bytes(), &mut buf) {
             Ok(n) if size == 0 => reply.size(n as u32),
@@ -633,6 +660,9 @@ impl Filesystem for StrataFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if self.acl_refused(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         empty(
             self.union.setxattr(ino.0, name.as_bytes(), value, flags),
             reply,
@@ -640,6 +670,9 @@ impl Filesystem for StrataFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.acl_refused(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         empty(self.union.removexattr(ino.0, name.as_bytes()), reply);
     }
 
@@ -662,6 +695,9 @@ impl Filesystem for StrataFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if self.volatile {
+            return reply.ok();
+        }
         empty(self.union.fsync(fh.0, datasync), reply);
     }
 }

@@ -56,7 +56,7 @@ impl Union {
     /// upper copy without its data (a metacopy, in the kernel's format), so `chmod -R` over
     /// large files costs no data copy. The data follows when the file is opened for writing.
     pub(super) fn copy_up_meta(&self, node: &Arc<Node>) -> io::Result<()> {
-        self.copy_up_as(node, true)
+        self.copy_up_as(node, !self.no_metacopy)
     }
 
     fn copy_up_as(&self, node: &Arc<Node>, meta_only: bool) -> io::Result<()> {

@@ -503,11 +503,13 @@ impl Union {
             }
         };
         let dir = dir.as_fd();
-        if a.uid.is_some() || a.gid.is_some() {
-            sys::chown_at(dir, &name, a.uid, a.gid)?;
-        }
-        if let Some(mode) = a.mode {
-            sys::chmod_at(dir, &name, mode & 0o7777)?;
+        if !self.record_owner_mode(id, dir, &name, a)? {
+            if a.uid.is_some() || a.gid.is_some() {
+                sys::chown_at(dir, &name, a.uid, a.gid)?;
+            }
+            if let Some(mode) = a.mode {
+                sys::chmod_at(dir, &name, mode & 0o7777)?;
+            }
         }
         if let Some(size) = a.size {
             match a
