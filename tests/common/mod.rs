@@ -237,6 +237,15 @@ impl StrataMount {
         StrataMount::start(&[OsStr::new("-o"), OsStr::from_bytes(&opt)], mnt)
     }
 
+    /// Kills the server (our child) with SIGKILL, an unclean stop, and detaches its dead
+    /// mount.
+    pub fn crash(self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        let _ = rustix::mount::unmount(&self.mnt, rustix::mount::UnmountFlags::DETACH);
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, |c| c.id())
     }
