@@ -117,6 +117,11 @@ struct Engine {
 
 impl Engine {
     fn new(rootless: bool) -> Engine {
+        Engine::with_overlay_conf(rootless, "")
+    }
+
+    /// With `conf` added to storage.conf's `[storage.options.overlay]` table.
+    fn with_overlay_conf(rootless: bool, conf: &str) -> Engine {
         let dir = tempfile::Builder::new()
             .prefix("strata-podman.")
             .tempdir_in("/var/tmp")
@@ -130,7 +135,7 @@ impl Engine {
             format!(
                 "[storage]\ndriver = \"overlay\"\ngraphroot = \"{0}/root\"\nrunroot = \"{0}/run\"\n\
                  rootless_storage_path = \"{0}/root\"\n\
-                 [storage.options.overlay]\nmount_program = \"{1}\"\n",
+                 [storage.options.overlay]\nmount_program = \"{1}\"\n{conf}\n",
                 d.display(),
                 STRATA
             ),
@@ -392,6 +397,52 @@ fn buildah_build(e: &Engine) {
     );
     let base = e.run(&["--rm"], "localhost/base:1", "cat /data/file && ls /data");
     assert_eq!(base, "orig\ndir\nfile\ngone\nowned\n");
+    e.assert_nothing_left();
+}
+
+/// `force_mask`: layers keep real modes forced and the shown ones in
+/// `user.containers.override_stat`; containers-storage then mounts with `xattr_permissions=2`
+/// and a chmod/chown inside goes to the container layer's record.
+#[test]
+fn podman_force_mask() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !can_run(&["podman", "runc", "conmon"]) {
+        return;
+    }
+    let e = Engine::with_overlay_conf(false, "force_mask = \"shared\"");
+    e.import_base();
+    let stat = "stat -c '%a %u:%g %n' /data/file /data/owned";
+    let base = e.run(&["--rm"], "localhost/base:1", stat);
+    assert_eq!(base, "644 0:0 /data/file\n644 0:0 /data/owned\n");
+    let change = "chmod 600 /data/file && chown 12:34 /data/owned && echo x >> /data/owned";
+    e.run(&["--name", "work"], "localhost/base:1", change);
+    // The container layer's copy keeps the forced mode; the shown one is in its record.
+    let diffs = e.path().join("root/overlay");
+    let records: Vec<Vec<u8>> = fs::read_dir(&diffs)
+        .unwrap()
+        .filter_map(|l| {
+            let f = l.ok()?.path().join("diff/data/file");
+            let mut buf = [0u8; 64];
+            let n = rustix::fs::lgetxattr(&f, "user.containers.override_stat", &mut buf).ok()?;
+            Some(buf[..n].to_vec())
+        })
+        .collect();
+    assert!(
+        records.contains(&b"0:0:600".to_vec()),
+        "records: {records:?}"
+    );
+    e.ok("podman", &["commit", "work", "localhost/committed:1"]);
+    e.ok("podman", &["rm", "work"]);
+    let committed = e.run(
+        &["--rm"],
+        "localhost/committed:1",
+        &format!("{stat} && cat /data/owned"),
+    );
+    assert_eq!(
+        committed,
+        "600 0:0 /data/file\n644 12:34 /data/owned\nowned data\nx\n"
+    );
+    assert_eq!(e.run(&["--rm"], "localhost/base:1", stat), base);
     e.assert_nothing_left();
 }
 
