@@ -111,8 +111,8 @@ pub struct StrataFs {
     cached_handles: DashMap<u64, u64>,
     /// Serialises the choice of I/O mode per open (rare: only opens).
     backing_lock: Mutex<()>,
-    /// `volatile`: fsync is a no-op (fuse-overlayfs's meaning, and the kernel's).
-    volatile: bool,
+    /// `volatile` or `fsync=0`: fsync is a no-op (fuse-overlayfs's meaning, and the kernel's).
+    no_fsync: bool,
     /// `noacl`: POSIX ACLs are neither enforced nor stored.
     noacl: bool,
 }
@@ -132,14 +132,14 @@ impl StrataFs {
             cached_opens: crate::union::table(),
             cached_handles: crate::union::table(),
             backing_lock: Mutex::new(()),
-            volatile: false,
+            no_fsync: false,
             noacl: false,
         }
     }
 
-    /// Applies `volatile` and `noacl`.
-    pub fn tune(mut self, volatile: bool, noacl: bool) -> Self {
-        self.volatile = volatile;
+    /// Applies `volatile`/`fsync=0` and `noacl`.
+    pub fn tune(mut self, no_fsync: bool, noacl: bool) -> Self {
+        self.no_fsync = no_fsync;
         self.noacl = noacl;
         self
     }
@@ -695,7 +695,7 @@ impl Filesystem for StrataFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        if self.volatile {
+        if self.no_fsync {
             return reply.ok();
         }
         empty(self.union.fsync(fh.0, datasync), reply);

@@ -314,7 +314,8 @@ fn filesystem(
         // Nothing can change a lower-only union: let the kernel cache it for good.
         Duration::from_secs(86400)
     });
-    let fs = StrataFs::new(union, ttl, sys::is_root(), o.ids.clone()).tune(o.volatile, o.noacl);
+    let fs = StrataFs::new(union, ttl, sys::is_root(), o.ids.clone())
+        .tune(o.volatile || o.no_fsync, o.noacl);
     Ok((fs, fuse_config(req, has_upper)))
 }
 

@@ -61,6 +61,8 @@ pub struct MountOptions {
     /// `volatile`: fsync is a no-op, and an unclean stop leaves a marker that refuses the
     /// next mount (the kernel's `work/incompat/volatile`).
     pub volatile: bool,
+    /// `fsync=0`: fsync is a no-op, without volatile's marker.
+    pub no_fsync: bool,
     /// SELinux options (`context=` ...), unquoted: handed to the kernel where SELinux is on.
     pub selinux: Vec<(&'static str, OsString)>,
     /// `xattr_permissions=1|2`: owners and modes kept in an xattr, not on the files.
@@ -257,8 +259,8 @@ impl MountOptions {
                 };
             }
             _ if self.apply_overlay(name, value)? => {}
-            // fuse-overlayfs tuning knobs with no effect on semantics.
-            b"threaded" | b"fsync" => {
+            // fuse-overlayfs's tuning knob: strata always serves from several threads.
+            b"threaded" => {
                 value.ok_or_else(missing)?;
             }
             b"allow_other" => {
@@ -327,6 +329,8 @@ impl MountOptions {
         };
         match name {
             b"volatile" => flag(&mut self.volatile)?,
+            // fuse-overlayfs's `fsync=0`: fsync is a no-op (what `volatile` implies).
+            b"fsync" => self.no_fsync = choice(&[b"0", b"1"], "expected 0 or 1")? == b"0",
             b"userxattr" => flag(&mut self.userxattr)?,
             b"noacl" => flag(&mut self.noacl)?,
             b"static_nlink" => flag(&mut self.static_nlink)?,
@@ -556,6 +560,12 @@ mod tests {
 
     #[test]
     fn flags_of_overlay_and_fuse_overlayfs() {
+        assert!(parse(b"fsync=0").unwrap().no_fsync);
+        assert!(!parse(b"fsync=0,fsync=1").unwrap().no_fsync);
+        assert!(matches!(
+            parse(b"fsync=2"),
+            Err(OptionError::BadValue { .. })
+        ));
         let o = parse(b"volatile,userxattr,noacl,static_nlink").unwrap();
         assert!(o.volatile && o.userxattr && o.noacl && o.static_nlink);
         for name in ["volatile", "userxattr", "noacl", "static_nlink"] {
