@@ -452,7 +452,16 @@ fn podman_as_root() {
     if !can_run(&["podman", "runc", "conmon"]) {
         return;
     }
-    podman_round_trip(&Engine::new(false));
+    let e = Engine::new(false);
+    podman_round_trip(&e);
+    // `podman image mount`: the image's layers alone, read-only (no upper).
+    let merged = e.ok("podman", &["image", "mount", "localhost/committed:1"]);
+    let merged = Path::new(merged.trim());
+    assert_eq!(fs::read(merged.join("data/file")).unwrap(), b"orig\nnew\n");
+    let write = fs::write(merged.join("data/x"), b"x").map_err(|e| e.raw_os_error());
+    assert_eq!(write, Err(Some(libc::EROFS)));
+    e.ok("podman", &["image", "unmount", "localhost/committed:1"]);
+    e.assert_nothing_left();
 }
 
 #[test]
