@@ -15,7 +15,7 @@ use fuser::{
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
-use crate::options::IdMapping;
+use crate::options::{IdMapping, OVERFLOW_ID};
 use crate::sys::Stat;
 use crate::union::{self, Caller, RenameMode, SetAttr, SetTime, Union};
 
@@ -473,10 +473,7 @@ impl Filesystem for StrataFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let who = match self.caller(req) {
-            Ok(w) => w,
-            Err(e) => return reply.error(e),
-        };
+        let who = self.caller(req);
         let r = self.union.mknod(parent.0, name, mode, rdev as u64, who);
         self.entry(r, reply);
     }
@@ -490,10 +487,8 @@ impl Filesystem for StrataFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.caller(req) {
-            Ok(who) => self.entry(self.union.mkdir(parent.0, name, mode, who), reply),
-            Err(e) => reply.error(e),
-        }
+        let who = self.caller(req);
+        self.entry(self.union.mkdir(parent.0, name, mode, who), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -512,10 +507,7 @@ impl Filesystem for StrataFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let who = match self.caller(req) {
-            Ok(w) => w,
-            Err(e) => return reply.error(e),
-        };
+        let who = self.caller(req);
         let r = self.union.symlink(parent.0, name, target.as_os_str(), who);
         self.entry(r, reply);
     }
@@ -569,10 +561,7 @@ impl Filesystem for StrataFs {
         flags: i32,
         reply: fuser::ReplyCreate,
     ) {
-        let who = match self.caller(req) {
-            Ok(w) => w,
-            Err(e) => return reply.error(e),
-        };
+        let who = self.caller(req);
         let (node, st, fh, file) = match self.union.create(parent.0, name, mode, flags, who) {
             Ok(v) => v,
             Err(e) => return reply.error(errno(e)),
@@ -713,14 +702,13 @@ impl StrataFs {
         a
     }
 
-    /// The caller, as owner to store; EOVERFLOW for an id the mapping does not cover.
-    fn caller(&self, req: &Request) -> Result<Caller, Errno> {
-        match (
-            self.ids.stored_uid(req.uid()),
-            self.ids.stored_gid(req.gid()),
-        ) {
-            (Some(uid), Some(gid)) => Ok(Caller { uid, gid }),
-            _ => Err(Errno::EOVERFLOW),
+    /// The caller, as owner to store. One the mapping does not cover is stored as the
+    /// overflow id, as fuse-overlayfs does: podman creates a `--uidmap` container's `/etc`
+    /// as host root, outside the range, and chowns it afterwards.
+    fn caller(&self, req: &Request) -> Caller {
+        Caller {
+            uid: self.ids.stored_uid(req.uid()).unwrap_or(OVERFLOW_ID),
+            gid: self.ids.stored_gid(req.gid()).unwrap_or(OVERFLOW_ID),
         }
     }
 

@@ -95,7 +95,9 @@ const SELINUX_OPTIONS: [&str; 4] = ["context", "fscontext", "defcontext", "rootc
 /// fuse-overlayfs's id options: how owners stored in the layers appear in the mount.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IdMapping {
-    /// `uidmapping=IN:HOST:LEN[:IN:HOST:LEN...]`: host ids HOST.. appear as IN..
+    /// `uidmapping=STORED:SHOWN:LEN[:STORED:SHOWN:LEN...]` (fuse-overlayfs's order; what
+    /// containers-storage writes as ContainerID:HostID:Size): ids STORED.. in the layers
+    /// appear as SHOWN.. in the mount. Kept here as (shown, stored, len).
     pub uids: Vec<(u32, u32, u32)>,
     pub gids: Vec<(u32, u32, u32)>,
     /// `squash_to_root` / `squash_to_uid=`/`squash_to_gid=`: every file appears owned by it.
@@ -111,56 +113,59 @@ impl IdMapping {
         *self == IdMapping::default()
     }
 
-    fn map(ranges: &[(u32, u32, u32)], id: u32, to_inside: bool) -> Option<u32> {
+    fn map(ranges: &[(u32, u32, u32)], id: u32, to_shown: bool) -> Option<u32> {
         if ranges.is_empty() {
             return Some(id);
         }
-        ranges.iter().find_map(|&(inside, host, len)| {
-            let (from, to) = if to_inside {
-                (host, inside)
+        ranges.iter().find_map(|&(shown, stored, len)| {
+            let (from, to) = if to_shown {
+                (stored, shown)
             } else {
-                (inside, host)
+                (shown, stored)
             };
             id.checked_sub(from).filter(|d| *d < len).map(|d| to + d)
         })
     }
 
     /// Owner as shown in the mount, for an owner stored in a layer.
-    pub fn shown_uid(&self, host: u32) -> u32 {
+    pub fn shown_uid(&self, stored: u32) -> u32 {
         self.squash_uid
-            .or_else(|| Self::map(&self.uids, host, true))
+            .or_else(|| Self::map(&self.uids, stored, true))
             .unwrap_or(OVERFLOW_ID)
     }
 
-    pub fn shown_gid(&self, host: u32) -> u32 {
+    pub fn shown_gid(&self, stored: u32) -> u32 {
         self.squash_gid
-            .or_else(|| Self::map(&self.gids, host, true))
+            .or_else(|| Self::map(&self.gids, stored, true))
             .unwrap_or(OVERFLOW_ID)
     }
 
     /// Owner to store for an id given in the mount (caller, chown); None if unmapped.
-    pub fn stored_uid(&self, inside: u32) -> Option<u32> {
-        Self::map(&self.uids, inside, false)
+    pub fn stored_uid(&self, shown: u32) -> Option<u32> {
+        Self::map(&self.uids, shown, false)
     }
 
-    pub fn stored_gid(&self, inside: u32) -> Option<u32> {
-        Self::map(&self.gids, inside, false)
+    pub fn stored_gid(&self, shown: u32) -> Option<u32> {
+        Self::map(&self.gids, shown, false)
     }
 }
 
 fn parse_ranges(name: &str, v: &[u8]) -> Result<Vec<(u32, u32, u32)>, OptionError> {
     let text = std::str::from_utf8(v).map_err(|_| bad(name, v, "expected numbers"))?;
+    // Empty fields are skipped, as fuse-overlayfs's strtok does: containers-storage writes
+    // `uidmapping=:0:100000:65536`.
     let nums: Vec<u32> = text
         .split(':')
+        .filter(|n| !n.is_empty())
         .map(|n| {
             n.parse()
-                .map_err(|_| bad(name, v, "expected IN:HOST:LEN triples"))
+                .map_err(|_| bad(name, v, "expected STORED:SHOWN:LEN triples"))
         })
         .collect::<Result<_, _>>()?;
     if nums.is_empty() || !nums.len().is_multiple_of(3) {
-        return Err(bad(name, v, "expected IN:HOST:LEN triples"));
+        return Err(bad(name, v, "expected STORED:SHOWN:LEN triples"));
     }
-    let ranges: Vec<_> = nums.chunks(3).map(|c| (c[0], c[1], c[2])).collect();
+    let ranges: Vec<_> = nums.chunks(3).map(|c| (c[1], c[0], c[2])).collect();
     if ranges
         .iter()
         .any(|&(i, h, l)| l == 0 || i.checked_add(l).is_none() || h.checked_add(l).is_none())
@@ -504,16 +509,27 @@ mod tests {
         ));
     }
 
+    /// fuse-overlayfs's order, checked against fuse-overlayfs 1.10: with `uidmapping=0:1000:10`
+    /// a file stored as 0 shows as 1000, one stored as 1000 as the overflow id.
     #[test]
     fn id_mappings() {
         let o = parse(b"uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1").unwrap();
         let ids = &o.ids;
-        assert_eq!(ids.shown_uid(1000), 0);
-        assert_eq!(ids.shown_uid(100_004), 5);
-        assert_eq!(ids.shown_uid(7), OVERFLOW_ID);
-        assert_eq!(ids.stored_uid(5), Some(100_004));
-        assert_eq!(ids.stored_uid(70_000), None);
-        assert_eq!(ids.shown_gid(1000), 0);
+        assert_eq!(ids.shown_uid(0), 1000);
+        assert_eq!(ids.shown_uid(5), 100_004);
+        assert_eq!(ids.shown_uid(1000), 1000 + 100_000 - 1);
+        assert_eq!(ids.shown_uid(70_000), OVERFLOW_ID);
+        assert_eq!(ids.stored_uid(100_004), Some(5));
+        assert_eq!(ids.stored_uid(7), None);
+        assert_eq!(ids.shown_gid(0), 1000);
+        assert_eq!(ids.shown_gid(1000), OVERFLOW_ID);
+        // containers-storage's form, with a leading colon.
+        let o = parse(b"uidmapping=:0:1000:1:1:100000:65536,gidmapping=:0:1000:1").unwrap();
+        assert_eq!((o.ids.shown_uid(5), o.ids.shown_gid(0)), (100_004, 1000));
+        assert!(matches!(
+            parse(b"uidmapping=::"),
+            Err(OptionError::BadValue { .. })
+        ));
         let o = parse(b"squash_to_root").unwrap();
         assert_eq!((o.ids.shown_uid(1234), o.ids.shown_gid(99)), (0, 0));
         let o = parse(b"squash_to_uid=42,squash_to_gid=43").unwrap();
@@ -547,7 +563,7 @@ mod tests {
                 OsString::from("system_u:object_r:container_file_t:s0:c1,c2")
             )]
         );
-        assert_eq!(o.ids.shown_uid(100_000), 1);
+        assert_eq!(o.ids.shown_uid(1), 100_000);
         assert_eq!(o.xattr_permissions, XattrPermissions::User);
     }
 

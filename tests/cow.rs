@@ -489,11 +489,15 @@ fn id_mapping_options() {
         )
         .unwrap()
     };
+    // fuse-overlayfs's order (checked against fuse-overlayfs 1.10): `uidmapping=0:1000:10`
+    // shows owners stored as 0..10 as 1000..1010.
     write(&fx.layer(0).join("mapped"), b"m");
-    own(&fx.layer(0).join("mapped"), 1000, 1000);
+    own(&fx.layer(0).join("mapped"), 5, 5);
     write(&fx.layer(0).join("outside"), b"o");
-    own(&fx.layer(0).join("outside"), 5, 5);
+    own(&fx.layer(0).join("outside"), 1000, 1000);
+    chmod(fx.dir.path(), 0o755);
     let (u, w, m) = (fx.path("u"), fx.path("w"), fx.path("m"));
+    chmod(&u, 0o777);
     let mut opt = lowerdir_opt(&fx.layers);
     opt.extend_from_slice(
         format!(
@@ -511,17 +515,24 @@ fn id_mapping_options() {
         &m,
     );
     let md = |p: &str| fs::symlink_metadata(s.mnt.join(p)).unwrap();
-    assert_eq!((md("mapped").uid(), md("mapped").gid()), (0, 0));
+    assert_eq!((md("mapped").uid(), md("mapped").gid()), (1005, 1005));
     assert_eq!(
         md("outside").uid(),
         65534,
         "unmapped owners show as the overflow id"
     );
-    fs::write(s.mnt.join("new"), b"n").unwrap();
-    assert_eq!(md("new").uid(), 0);
+    // A file made by (shown) uid 1003 is stored as 3.
+    let made = std::process::Command::new("setpriv")
+        .args(["--reuid=1003", "--regid=1003", "--clear-groups", "--"])
+        .args(["sh", "-c", "echo n > \"$0\"/new"])
+        .arg(&s.mnt)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert_eq!(md("new").uid(), 1003);
     assert_eq!(
         fs::symlink_metadata(u.join("new")).unwrap().uid(),
-        1000,
+        3,
         "stored mapped"
     );
     let e = rustix::fs::chownat(

@@ -117,11 +117,12 @@ struct Engine {
 
 impl Engine {
     fn new(rootless: bool) -> Engine {
-        Engine::with_overlay_conf(rootless, "")
+        Engine::with_overlay_conf(rootless, STRATA, "")
     }
 
     /// With `conf` added to storage.conf's `[storage.options.overlay]` table.
-    fn with_overlay_conf(rootless: bool, conf: &str) -> Engine {
+    /// Mounting with `program`.
+    fn with_overlay_conf(rootless: bool, program: &str, conf: &str) -> Engine {
         let dir = tempfile::Builder::new()
             .prefix("strata-podman.")
             .tempdir_in("/var/tmp")
@@ -137,7 +138,7 @@ impl Engine {
                  rootless_storage_path = \"{0}/root\"\n\
                  [storage.options.overlay]\nmount_program = \"{1}\"\n{conf}\n",
                 d.display(),
-                STRATA
+                program
             ),
         )
         .unwrap();
@@ -226,7 +227,7 @@ impl Engine {
         write(&root.join("data/gone"), b"to delete\n");
         write(&root.join("data/dir/f"), b"inner\n");
         write(&root.join("data/owned"), b"owned data\n");
-        write(&root.join("etc/passwd"), b"root:x:0:0::/:/bin/sh\n");
+        // No /etc: podman makes it (as host root, also with `--uidmap`).
         fs::create_dir_all(root.join("tmp")).unwrap();
         fs::create_dir_all(root.join("bin")).unwrap();
         fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
@@ -409,7 +410,7 @@ fn podman_force_mask() {
     if !can_run(&["podman", "runc", "conmon"]) {
         return;
     }
-    let e = Engine::with_overlay_conf(false, "force_mask = \"shared\"");
+    let e = Engine::with_overlay_conf(false, STRATA, "force_mask = \"shared\"");
     e.import_base();
     let stat = "stat -c '%a %u:%g %n' /data/file /data/owned";
     let base = e.run(&["--rm"], "localhost/base:1", stat);
@@ -444,6 +445,30 @@ fn podman_force_mask() {
     );
     assert_eq!(e.run(&["--rm"], "localhost/base:1", stat), base);
     e.assert_nothing_left();
+}
+
+/// `--uidmap`: containers-storage adds `uidmapping=:0:H:N,gidmapping=...` (fuse-overlayfs's
+/// order, with a leading colon) and creates the container's `/etc` as host root, outside the
+/// range. The container must see exactly what it sees with fuse-overlayfs.
+#[test]
+fn podman_uidmap_same_as_fuse_overlayfs() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !can_run(&["podman", "runc", "conmon", "fuse-overlayfs"]) {
+        return;
+    }
+    let script = "stat -c '%u:%g %a %n' /bin /data /data/file /etc /run; \
+                  (echo x > /data/new) 2>/dev/null && echo wrote || echo refused";
+    let map = ["--uidmap", "0:200000:65536", "--gidmap", "0:200000:65536"];
+    let seen = |program: &str| {
+        let e = Engine::with_overlay_conf(false, program, "");
+        e.import_base();
+        let out = e.run(&[&["--rm"][..], &map].concat(), "localhost/base:1", script);
+        e.assert_nothing_left();
+        out
+    };
+    let strata = seen(STRATA);
+    assert!(strata.contains(" /etc\n"), "{strata}");
+    assert_eq!(strata, seen("/usr/bin/fuse-overlayfs"));
 }
 
 #[test]
