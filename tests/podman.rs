@@ -404,13 +404,8 @@ fn buildah_build(e: &Engine) {
 /// `force_mask`: layers keep real modes forced and the shown ones in
 /// `user.containers.override_stat`; containers-storage then mounts with `xattr_permissions=2`
 /// and a chmod/chown inside goes to the container layer's record.
-#[test]
-fn podman_force_mask() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !can_run(&["podman", "runc", "conmon"]) {
-        return;
-    }
-    let e = Engine::with_overlay_conf(false, STRATA, "force_mask = \"shared\"");
+fn force_mask_round_trip(rootless: bool) {
+    let e = Engine::with_overlay_conf(rootless, STRATA, "force_mask = \"shared\"");
     e.import_base();
     let stat = "stat -c '%a %u:%g %n' /data/file /data/owned";
     let base = e.run(&["--rm"], "localhost/base:1", stat);
@@ -445,6 +440,27 @@ fn podman_force_mask() {
     );
     assert_eq!(e.run(&["--rm"], "localhost/base:1", stat), base);
     e.assert_nothing_left();
+}
+
+#[test]
+fn podman_force_mask() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !can_run(&["podman", "runc", "conmon"]) {
+        return;
+    }
+    force_mask_round_trip(false);
+}
+
+/// Rootless with `force_mask` (the case of images with ids outside the user's mapping): the
+/// same, with strata in podman's user namespace.
+#[test]
+fn podman_rootless_force_mask() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !can_run(&["podman", "runc", "conmon", "newuidmap", "setpriv"]) {
+        return;
+    }
+    let _machine = RootlessMachine::set_up();
+    force_mask_round_trip(true);
 }
 
 /// `--uidmap`: containers-storage adds `uidmapping=:0:H:N,gidmapping=...` (fuse-overlayfs's
