@@ -93,6 +93,7 @@ fn volatile_marker_until_clean_stop() {
 }
 
 const CONTAINERS: &str = "user.containers.override_stat";
+const PRIVILEGED: &str = "security.fuseoverlayfs.override_stat";
 
 #[test]
 fn xattr_permissions_override_stat() {
@@ -143,6 +144,23 @@ fn xattr_permissions_override_stat() {
         xattr(&u.join("f"), CONTAINERS).as_deref(),
         Some(&b"42:43:600"[..])
     );
+    drop(m);
+
+    // xattr_permissions=1: the privileged name; no lower root has one, so the upper root
+    // gets fuse-overlayfs's default record.
+    let fx1 = Fixture::new(1);
+    write(&fx1.layer(0).join("f"), b"x");
+    let (u, w) = (fx1.path("u"), fx1.path("w"));
+    let m = mount(&fx1, Some((&u, &w)), "xattr_permissions=1", &fx1.path("m"));
+    let root = fs::metadata(&m.mnt).unwrap();
+    assert_eq!((root.uid(), root.mode() & 0o7777), (0, 0o555));
+    std::os::unix::fs::chown(m.mnt.join("f"), Some(42), Some(43)).unwrap();
+    let st = fs::metadata(m.mnt.join("f")).unwrap();
+    assert_eq!((st.uid(), st.gid(), st.mode() & 0o7777), (42, 43, 0o644));
+    assert_eq!(fs::symlink_metadata(u.join("f")).unwrap().uid(), 0);
+    let mut buf = [0u8; 64];
+    let n = rustix::fs::lgetxattr(u.join("f"), PRIVILEGED, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"42:43:644");
     drop(m);
 
     // Without xattr_permissions, a record in a layer whose root has none is just an xattr.
@@ -228,7 +246,7 @@ fn compatible_options_mount() {
     write(&fx.layer(0).join("f"), b"x");
     let (u, w) = (fx.path("u"), fx.path("w"));
     let mut extra = String::from(",,volatile,xino=auto,index=off,redirect_dir=on,metacopy=on,");
-    extra.push_str("plugins=,nodev,");
+    extra.push_str("plugins=,nodev,threaded=1,fsync=0,");
     if !Path::new("/sys/fs/selinux/enforce").exists() {
         extra.push_str("context=\"system_u:object_r:container_file_t:s0:c1,c2\",");
         extra.push_str("rootcontext=system_u:object_r:container_file_t:s0");
@@ -246,6 +264,9 @@ fn refused_by_name() {
         ("xattr_permissions=3", "xattr_permissions"),
         ("plugins=/usr/lib/x.so", "plugins"),
         ("noxattrs=1", "noxattrs"),
+        ("fast_ino=1", "fast_ino"),
+        ("writeback=1", "writeback"),
+        ("fsync=2", "fsync"),
         ("metacopy", "metacopy"),
         ("volatile=1", "volatile"),
         ("context=", "context"),
