@@ -120,7 +120,6 @@ impl Union {
     }
 
     pub fn with_options(stack: Stack, opts: &UnionOptions) -> io::Result<Self> {
-        let whiteout = opts.whiteout;
         let (work, index, kernel_index) = match (&stack.upper, &stack.work) {
             (Some(_), Some(w)) => (
                 Some(Arc::new(prepare_work(w.as_fd())?)),
@@ -138,7 +137,7 @@ impl Union {
         } else {
             b"user.overlay."
         };
-        let chardev_whiteouts = match (whiteout, &work) {
+        let chardev_whiteouts = match (opts.whiteout, &work) {
             (crate::options::WhiteoutFormat::Oci, _) | (_, None) => false,
             (crate::options::WhiteoutFormat::CharDev, _) => true,
             (crate::options::WhiteoutFormat::Auto, Some(w)) => sys::can_mknod_whiteout(w.as_fd()),
@@ -164,11 +163,8 @@ impl Union {
         if layers.is_empty() {
             return Err(err(libc::EINVAL));
         }
-        let roots: Vec<_> = layers.iter().map(|l| l.root.as_fd()).collect();
-        let upper_writable = layers[0].upper && work.is_some();
         let overrides =
-            override_stat::Overrides::detect(&roots, upper_writable, opts.xattr_permissions)?;
-        drop(roots);
+            override_stat::Overrides::for_layers(&layers, work.is_some(), opts.xattr_permissions)?;
         let u = Union {
             layers,
             nodes: NodeTable::new(),

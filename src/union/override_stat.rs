@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use super::inode::{Node, Place};
+use super::layer::Layer;
 use super::{SetAttr, Union};
 use crate::options::XattrPermissions;
 use crate::sys::{self, Stat};
@@ -95,6 +96,17 @@ impl Overrides {
         o.by_layer[0] = Some(key);
         o.write = Some(key);
         Ok(o)
+    }
+
+    /// `detect` over the union's layers; the upper counts only when writable (`work`).
+    pub(super) fn for_layers(
+        layers: &[Layer],
+        work: bool,
+        mode: XattrPermissions,
+    ) -> io::Result<Self> {
+        let roots: Vec<_> = layers.iter().map(|l| l.root.as_fd()).collect();
+        let upper = layers.first().is_some_and(|l| l.upper) && work;
+        Self::detect(&roots, upper, mode)
     }
 
     pub fn any(&self) -> bool {
