@@ -28,6 +28,8 @@ declare -A by_command=(
   [cc]=gcc                   # the linker cargo uses
   [skopeo]=skopeo            # tests: exported OCI layouts read back
   [umoci]=umoci              # tests: exported OCI layouts unpacked
+  [mkfs.xfs]=xfsprogs        # tests: the xfs layout (reflink copy-up; scripts/layouts.sh)
+  [mkfs.btrfs]=btrfs-progs   # tests: the btrfs layout
 )
 # packages checked by name (their command may come from another package)
 by_package=(

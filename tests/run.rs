@@ -347,7 +347,7 @@ fn rootless_run_as_unprivileged_user() {
         std::os::unix::fs::PermissionsExt::from_mode(0o666),
     )
     .unwrap();
-    for p in [b.fx.dir.path(), &b.scratch] {
+    for p in [b.fx.dir.path(), b.fx.side.path(), &b.scratch] {
         fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     }
     // Files the layer's (host) root owns are not ours inside: write where anyone may.
