@@ -53,7 +53,7 @@ set -e
 # suite that passes in one layout proves one layout.
 matrix_tests=(--test cow --test crash --test merged_view --test prop_layers --test prop_ops
   --test rootless --test run)
-read -r -a layouts <<< "${STRATA_LAYOUTS-ext4-tmpfs tmpfs-ext4 tmpfs-tmpfs xfs ro-tmpfs}"
+read -r -a layouts <<< "${STRATA_LAYOUTS-ext4-tmpfs tmpfs-ext4 tmpfs-tmpfs xfs btrfs ro-tmpfs}"
 for name in "${layouts[@]}"; do
   banner "layout $name: cargo test ${matrix_tests[*]}"
   if [ "$(id -u)" != 0 ]; then
