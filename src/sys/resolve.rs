@@ -211,4 +211,33 @@ mod tests {
             Some(libc::ELOOP)
         );
     }
+
+    #[test]
+    fn a_component_swapped_meanwhile_never_leads_out() {
+        let (dir, root, fd) = setup();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::create_dir(root.join("x")).unwrap();
+        symlink(&outside, root.join("s")).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (stop, root) = (stop.clone(), root.clone());
+            // x and s trade places (a directory, a link out of the root) as fast as they can.
+            std::thread::spawn(move || {
+                let dirfd = crate::sys::open_root(&root).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let flags = rustix::fs::RenameFlags::EXCHANGE;
+                    rustix::fs::renameat_with(&dirfd, "x", &dirfd, "s", flags).unwrap();
+                }
+            })
+        };
+        for i in 0..2000 {
+            let _ = create_in_root(fd.as_fd(), format!("x/d{i}/e").as_bytes(), Make::Dir);
+            let _ = create_in_root(fd.as_fd(), format!("x/f{i}").as_bytes(), Make::File);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        let leaked: Vec<_> = std::fs::read_dir(&outside).unwrap().collect();
+        assert!(leaked.is_empty(), "created outside the root: {leaked:?}");
+    }
 }
