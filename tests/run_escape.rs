@@ -61,7 +61,7 @@ impl Hostile {
         mkdir(&root.join("tmp"));
         chmod_path(&root.join("tmp"), 0o1777);
         fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-        for app in ["sh", "cat", "ls", "pwd", "echo", "test", "["] {
+        for app in ["sh", "cat", "ls", "pwd", "echo", "test", "[", "grep"] {
             symlink("busybox", &root.join("bin").join(app));
         }
         let host = fx.path("host");
@@ -264,7 +264,7 @@ fn proc_symlinked_with_its_masked_and_read_only_paths() {
         // Not every kernel has /proc/kcore; where it is, it is masked like the others.
         "[ -c /proc/keys ] && [ -c /proc/timer_list ] && { [ ! -e /proc/kcore ] || \
          [ -c /proc/kcore ]; } && echo masked; [ -d /proc/1 ] && echo proc; \
-         (echo 1 > /proc/sysrq-trigger) 2>/dev/null || echo ro",
+         (echo x > /proc/sys/kernel/domainname) 2>&1 | grep -q Read-only && echo ro",
         "masked\nproc\nro\n",
     );
 }
@@ -275,7 +275,8 @@ fn sys_symlinked() {
     h.link("sys", &h.at_host("sys"));
     h.check(
         &[],
-        "[ -d /sys/class/net/lo ] && echo sys; (echo > /sys/x) 2>/dev/null || echo ro",
+        "[ -d /sys/class/net/lo ] && echo sys; \
+         grep -q \" $(cd /sys && pwd -P) ro,\" /proc/self/mountinfo && echo ro",
         "sys\nro\n",
     );
 }
