@@ -170,6 +170,24 @@ impl Hostile {
         }
     }
 
+    /// Runs with `opts`, which must be refused: exit 125, one line naming `what`, the host
+    /// listing unchanged, the command never started.
+    fn refused(&self, opts: &[String], what: &str) {
+        for rootless in [false, true] {
+            if rootless && !self.rootless {
+                continue;
+            }
+            let before = snapshot(&self.host);
+            let o = self.run(rootless, opts, "echo ran");
+            assert_same(&before, &snapshot(&self.host), "the host");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(125), "rootless {rootless}: {err}");
+            assert_eq!(err.lines().count(), 1, "one line: {err}");
+            assert!(err.contains(what), "{err}");
+            assert!(o.stdout.is_empty());
+        }
+    }
+
     fn bind(&self, src: &str, dst: &str) -> [String; 2] {
         let s = self.src.join(src);
         ["--bind".into(), format!("{}:{dst}", s.display())]
@@ -323,17 +341,17 @@ fn symlink_loop_is_refused_with_one_line() {
     let Some(h) = Hostile::new() else { return };
     h.link("data", "/data2");
     h.link("data2", "data");
-    for rootless in [false, true] {
-        if rootless && !h.rootless {
-            continue;
-        }
-        let before = snapshot(&h.host);
-        let o = h.run(rootless, &h.bind("file", "/data"), "echo ran");
-        assert_same(&before, &snapshot(&h.host), "the host");
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(125), "rootless {rootless}: {err}");
-        assert_eq!(err.lines().count(), 1, "one line: {err}");
-        assert!(err.contains("bind target /data"), "{err}");
-        assert!(o.stdout.is_empty());
-    }
+    h.refused(&h.bind("file", "/data"), "bind target /data");
+}
+
+#[test]
+fn magic_links_are_refused() {
+    let Some(h) = Hostile::new() else { return };
+    // While strata prepares the root, /proc/self/root is the host's /.
+    let via_proc = format!("/proc/self/root{}", h.at_host("victim"));
+    h.link("data", &via_proc);
+    h.refused(&h.bind("file", "/data"), "bind target /data");
+    h.link("work", &format!("/proc/self/root{}", h.at_host("work")));
+    let opts = ["-w".to_owned(), "/work".to_owned()];
+    h.refused(&opts, "working directory /work");
 }
