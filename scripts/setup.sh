@@ -23,6 +23,7 @@ declare -A by_command=(
   [mount]=mount
   [mountpoint]=util-linux
   [setpriv]=util-linux       # tests: run as another user
+  [unshare]=util-linux       # tests: rootless runs in a private mount namespace
   [python3]=python3          # benchmark fixture builder and report
   [bc]=bc
   [cc]=gcc                   # the linker cargo uses

@@ -24,11 +24,7 @@ impl Box {
         if !require_mount_env() {
             return None;
         }
-        if !Path::new(BUSYBOX).exists() {
-            eprintln!(
-                "SKIP {}: {BUSYBOX} missing (scripts/setup.sh installs busybox-static)",
-                test_name()
-            );
+        if !require_busybox(BUSYBOX) {
             return None;
         }
         let fx = Fixture::new(1);

@@ -48,6 +48,19 @@ pub fn require_mount_env() -> bool {
     root && fuse
 }
 
+/// Whether the static busybox that test container roots are made of is there; says SKIP when
+/// it is not.
+pub fn require_busybox(path: &str) -> bool {
+    let there = Path::new(path).exists();
+    if !there {
+        eprintln!(
+            "SKIP {}: {path} missing (scripts/setup.sh installs busybox-static)",
+            test_name()
+        );
+    }
+    there
+}
+
 /// Evicts unused dentries and inodes system-wide, so FUSE sends FORGETs and the next lookup
 /// reaches strata afresh: inode numbers must survive that.
 pub fn forget_caches() {
