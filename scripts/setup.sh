@@ -23,6 +23,7 @@ declare -A by_command=(
   [mount]=mount
   [mountpoint]=util-linux
   [setpriv]=util-linux       # tests: run as another user
+  [unshare]=util-linux       # tests: rootless runs in a private mount namespace
   [python3]=python3          # benchmark fixture builder and report
   [bc]=bc
   [cc]=gcc                   # the linker cargo uses
@@ -35,6 +36,8 @@ declare -A by_command=(
   [newuidmap]=uidmap         # rootless podman/buildah: the user's subuid range
   [newgidmap]=uidmap
   [slirp4netns]=slirp4netns  # rootless podman's network helper
+  [mkfs.xfs]=xfsprogs        # tests: the xfs layout (reflink copy-up; scripts/layouts.sh)
+  [mkfs.btrfs]=btrfs-progs   # tests: the btrfs layout
 )
 # packages checked by name (their command may come from another package)
 by_package=(

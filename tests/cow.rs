@@ -724,7 +724,9 @@ fn posix_acls_are_enforced_like_the_kernel() {
         return;
     }
     let fx = Fixture::new(2);
-    fs::set_permissions(fx.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    for root in fx.roots() {
+        fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let f = fx.layers[1].join("secret");
     write(&f, b"for user 1000\n");
     fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();

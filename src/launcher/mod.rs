@@ -428,11 +428,9 @@ fn pid1_setup(spec: &RunSpec, root: &Path, rootless: bool) -> Result<(), RunErro
             cause,
         })?;
     }
-    rootfs::prepare(root, &spec.binds, rootless)?;
-    rootfs::pivot(root, spec.read_only)?;
-    if let Some(w) = &spec.workdir {
-        rootfs::enter_workdir(w)?;
-    }
+    let root = rootfs::prepare(root, &spec.binds, spec.workdir.as_deref(), rootless)?;
+    rootfs::pivot(&root, spec.read_only)?;
+    drop(root);
     // docker's default capability set: what root inside may still do.
     const KEEP: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
     sys::limit_bounding_set(KEEP).map_err(|cause| RunError::Setup {

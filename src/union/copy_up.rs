@@ -163,7 +163,7 @@ impl Union {
             return Ok(());
         };
         let from = sys::open_for_copy(data.dir.as_fd(), &data.name)?;
-        let to = sys::open_file_at(dir.as_fd(), name, libc::O_WRONLY)?;
+        let to = sys::open_file_at(dir.as_fd(), name, libc::O_RDWR)?;
         let st = sys::stat_fd(to.as_fd())?;
         sys::copy_data(&from, &to, st.st_size as u64)?;
         sys::fsync(&to, true)?;
@@ -388,7 +388,7 @@ fn stage_object(
     match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => {
             let from = sys::open_for_copy(dir, name)?;
-            let to = sys::create_file_at(work, tmp, 0o600, libc::O_WRONLY)?;
+            let to = sys::create_file_at(work, tmp, 0o600, libc::O_RDWR)?;
             sys::copy_data(&from, &to, st.st_size as u64)
         }
         libc::S_IFLNK => {
