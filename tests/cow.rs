@@ -495,7 +495,9 @@ fn id_mapping_options() {
     own(&fx.layer(0).join("mapped"), 5, 5);
     write(&fx.layer(0).join("outside"), b"o");
     own(&fx.layer(0).join("outside"), 1000, 1000);
-    chmod(fx.dir.path(), 0o755);
+    for r in fx.roots() {
+        chmod(r, 0o755);
+    }
     let (u, w, m) = (fx.path("u"), fx.path("w"), fx.path("m"));
     chmod(&u, 0o777);
     let mut opt = lowerdir_opt(&fx.layers);
