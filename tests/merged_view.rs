@@ -1260,9 +1260,9 @@ fn bad_input_fails_with_one_line_and_mounts_nothing() {
         ),
         (o(with_opt(",bogus=1"), &mnt), &mnt, "bogus".into()),
         (
-            o(with_opt(",xattr_permissions=1"), &mnt),
+            o(with_opt(",noxattrs=1"), &mnt),
             &mnt,
-            "xattr_permissions".into(),
+            "noxattrs".into(),
         ),
         (vec![mnt.clone().into()], &mnt, "lower".into()),
         (
