@@ -16,6 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use common::*;
 
@@ -253,18 +254,29 @@ impl Engine {
 
     /// No strata daemon of this engine still runs, and nothing under it is mounted.
     fn assert_nothing_left(&self) {
+        // conmon runs podman's exit command (`container cleanup`) after `podman run` has
+        // returned: what it unmounts is only gone once it is done.
+        let busy = self.wait_for_helpers();
+        assert!(busy.is_empty(), "still running after 60 s: {busy:?}");
         let mounted: Vec<_> = mounts_under(self.path());
         assert!(mounted.is_empty(), "left mounted: {mounted:?}");
-        let daemons = strata_processes_mentioning(self.path());
-        assert!(
-            daemons.is_empty(),
-            "strata daemons left running: {daemons:?}"
-        );
+    }
+
+    /// Waits for every live process whose arguments mention this engine (conmon, podman's
+    /// cleanup, strata daemons) to end; those still running after a minute.
+    fn wait_for_helpers(&self) -> Vec<String> {
+        let mut busy = Vec::new();
+        wait_until(Duration::from_secs(60), || {
+            busy = processes_mentioning_dir(self.path());
+            busy.is_empty()
+        });
+        busy
     }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        let _ = self.wait_for_helpers();
         // Rootless podman keeps a pause process holding its user namespace: ours, stop it.
         let pause = self.path().join("xdg/libpod/tmp/pause.pid");
         if let Some(pid) = fs::read_to_string(&pause)
@@ -299,18 +311,18 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Live strata processes (not zombies) whose arguments mention `dir`.
-fn strata_processes_mentioning(dir: &Path) -> Vec<u32> {
+/// Live processes (not zombies) whose arguments mention `dir`: their command lines.
+fn processes_mentioning_dir(dir: &Path) -> Vec<String> {
     let needle = dir.to_string_lossy().into_owned();
     let Ok(procs) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     procs
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            cmd.starts_with(STRATA) && cmd.contains(&needle)
+        .filter_map(|pid| {
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains(&needle).then(|| format!("{pid}: {cmd}"))
         })
         .collect()
 }
