@@ -300,6 +300,7 @@ fn filesystem(
         no_metacopy: o.no_metacopy,
         userxattr: o.userxattr,
         static_nlink: o.static_nlink,
+        no_redirect: o.no_redirect,
         xattr_permissions: o.xattr_permissions,
     };
     let union = Union::with_options(stack, &opts).map_err(|cause| MountError::Path {

@@ -75,6 +75,8 @@ pub struct MountOptions {
     pub noacl: bool,
     /// `static_nlink`: directories report one link.
     pub static_nlink: bool,
+    /// `redirect_dir=off|follow`: no redirects made, so merged directories cannot move.
+    pub no_redirect: bool,
 }
 
 /// fuse-overlayfs's `xattr_permissions=`: where an upper keeps owners and modes it cannot
@@ -339,10 +341,13 @@ impl MountOptions {
             b"userxattr" => flag(&mut self.userxattr)?,
             b"noacl" => flag(&mut self.noacl)?,
             b"static_nlink" => flag(&mut self.static_nlink)?,
-            // strata always makes and follows redirects, as the kernel's `on`.
+            // The kernel's meanings: `on` makes and follows redirects; `follow` and `off` make
+            // none (a merged directory cannot move: EXDEV) but follow existing ones, as the
+            // kernel does by default. `nofollow` would need lookups to ignore them: refused.
             b"redirect_dir" if value.is_none() => {}
             b"redirect_dir" => {
-                choice(&[b"on", b"follow"], "strata always works as 'on'")?;
+                let v = choice(&[b"on", b"follow", b"off"], "expected on, follow or off")?;
+                self.no_redirect = v != b"on";
             }
             // strata keeps lower hard links together on copy-up whatever is asked: `off`
             // would only break them, which nothing relies on.
@@ -504,7 +509,7 @@ mod tests {
             Err(OptionError::UnexpectedValue(_))
         ));
         assert!(matches!(
-            parse(b"redirect_dir=off"),
+            parse(b"redirect_dir=nofollow"),
             Err(OptionError::BadValue { .. })
         ));
     }
@@ -619,18 +624,26 @@ mod tests {
 
     #[test]
     fn valued_overlay_options() {
-        let ok = "metacopy=on redirect_dir=on redirect_dir=follow redirect_dir index=on index=off \
+        let ok = "metacopy=on redirect_dir=on redirect_dir=follow redirect_dir=off redirect_dir \
+                  index=on index=off \
                   xino=on xino=off xino=auto xattr_permissions=0 plugins=";
         for o in ok.split_whitespace() {
             assert!(parse(o.as_bytes()).is_ok(), "{o}");
         }
         assert!(parse(b"metacopy=off").unwrap().no_metacopy);
+        assert!(parse(b"redirect_dir=off").unwrap().no_redirect);
+        assert!(parse(b"redirect_dir=follow").unwrap().no_redirect);
+        assert!(
+            !parse(b"redirect_dir=off,redirect_dir=on")
+                .unwrap()
+                .no_redirect
+        );
         assert!(!parse(b"metacopy=off,metacopy=on").unwrap().no_metacopy);
         assert_eq!(
             parse(b"xattr_permissions=1").unwrap().xattr_permissions,
             XattrPermissions::Privileged
         );
-        let refused = "metacopy=yes redirect_dir=off redirect_dir=nofollow index=nfs xino=maybe \
+        let refused = "metacopy=yes redirect_dir=nofollow index=nfs xino=maybe \
                        xattr_permissions=3 plugins=/usr/lib/x.so";
         for o in refused.split_whitespace() {
             assert!(

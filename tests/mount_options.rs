@@ -235,6 +235,55 @@ fn acl_entry(tag: u16, perm: u16) -> Vec<u8> {
     .concat()
 }
 
+/// `redirect_dir=off` (fuse-overlayfs's only value) and `follow`: no redirects are made, so
+/// a directory with lower content cannot be renamed: EXDEV, as kernel overlayfs answers.
+#[test]
+fn redirect_dir_off_refuses_merged_dir_moves() {
+    if !require_mount_env() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    write(&fx.layer(0).join("d/f"), b"x");
+    write(&fx.layer(0).join("file"), b"y");
+    let rename = |mnt: &Path| {
+        let dir = fs::rename(mnt.join("d"), mnt.join("d2")).map_err(|e| e.raw_os_error());
+        mkdir(&mnt.join("new"));
+        fs::rename(mnt.join("new"), mnt.join("new2")).unwrap();
+        fs::rename(mnt.join("file"), mnt.join("file2")).unwrap();
+        dir
+    };
+    for value in ["off", "follow"] {
+        let (u, w) = (fx.path(&format!("u{value}")), fx.path(&format!("w{value}")));
+        let m = mount(
+            &fx,
+            Some((&u, &w)),
+            &format!("redirect_dir={value}"),
+            &fx.path(value),
+        );
+        assert_eq!(
+            rename(&m.mnt),
+            Err(Some(libc::EXDEV)),
+            "redirect_dir={value}"
+        );
+    }
+    let (u, w) = (fx.path("kernel_u"), fx.path("kernel_w"));
+    let kernel = fx.path("kernel");
+    let o = opts(&fx, Some((&u, &w)), "redirect_dir=off");
+    let st = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(&o)
+        .arg(&kernel)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _k = MountGuard(kernel.clone());
+    assert_eq!(rename(&kernel), Err(Some(libc::EXDEV)), "kernel overlayfs");
+    // The default makes a redirect.
+    let (u, w) = (fx.path("on_u"), fx.path("on_w"));
+    let m = mount(&fx, Some((&u, &w)), "", &fx.path("on"));
+    assert_eq!(rename(&m.mnt), Ok(()));
+}
+
 /// What containers-storage may add beyond the layers, all at once, with empty options;
 /// SELinux labels are accepted where SELinux is off (nothing to label with).
 #[test]
@@ -260,7 +309,7 @@ fn refused_by_name() {
     let fx = Fixture::new(1);
     let mnt: PathBuf = fx.path("m");
     for (extra, name) in [
-        ("redirect_dir=off", "redirect_dir"),
+        ("redirect_dir=nofollow", "redirect_dir"),
         ("xattr_permissions=3", "xattr_permissions"),
         ("plugins=/usr/lib/x.so", "plugins"),
         ("noxattrs=1", "noxattrs"),

@@ -56,6 +56,8 @@ pub struct UnionOptions {
     pub userxattr: bool,
     /// Directories report one link (`static_nlink`).
     pub static_nlink: bool,
+    /// Directories with lower copies do not move (`redirect_dir=off|follow`): EXDEV.
+    pub no_redirect: bool,
     pub xattr_permissions: crate::options::XattrPermissions,
 }
 
@@ -106,6 +108,7 @@ pub struct Union {
     kernel_index: Option<Arc<OwnedFd>>,
     no_metacopy: bool,
     static_nlink: bool,
+    no_redirect: bool,
     /// fuse-overlayfs's `override_stat` records, per layer.
     overrides: override_stat::Overrides,
 }
@@ -184,6 +187,7 @@ impl Union {
             kernel_index,
             no_metacopy: opts.no_metacopy,
             static_nlink: opts.static_nlink,
+            no_redirect: opts.no_redirect,
             overrides,
         };
         // The root merges every layer; opacity of a layer root is ignored, as in the kernel.

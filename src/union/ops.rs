@@ -615,6 +615,10 @@ impl Union {
             Err(e) => return Err(e),
         };
         let r = (|| {
+            let exchanged = target.as_ref().filter(|_| mode == RenameMode::Exchange);
+            if self.pinned_dir(src) || exchanged.is_some_and(|t| self.pinned_dir(t)) {
+                return Err(err(libc::EXDEV));
+            }
             if let Some(t) = &target {
                 if Arc::ptr_eq(t, src) {
                     return Ok(());

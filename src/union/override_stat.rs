@@ -1,4 +1,4 @@
-//! fuse-overlayfs's stat overrides: a layer whose root carries an `override_stat` xattr
+//! fuse-overlayfs's stat overrides (and the other per-mount switches of its options): a layer whose root carries an `override_stat` xattr
 //! keeps each file's shown owner and mode in that xattr (`UID:GID:MODE`, mode in octal)
 //! instead of on the file. containers-storage writes `user.containers.override_stat` so
 //! (its `force_mask`: shared additional image stores, rootless images with ids outside the
@@ -159,6 +159,14 @@ impl Union {
             }
             Place::Leaf { layer, dir, name } => self.overrides.apply(*layer, dir.as_fd(), name, st),
         }
+    }
+
+    /// Under `redirect_dir=off|follow` a directory with lower copies cannot move (no
+    /// redirect may be made): the kernel's EXDEV, after which `mv` copies it.
+    pub(super) fn pinned_dir(&self, node: &Node) -> bool {
+        self.no_redirect
+            && node.is_dir
+            && matches!(&node.state().place, Place::Dir(c) if c.iter().any(|c| !c.upper()))
     }
 
     /// The override records are the union's, never the user's.
