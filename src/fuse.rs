@@ -115,6 +115,8 @@ pub struct StrataFs {
     no_fsync: bool,
     /// `noacl`: POSIX ACLs are neither enforced nor stored.
     noacl: bool,
+    /// fuse-overlayfs's `noxattrs=1`: no xattrs at all through the mount.
+    no_xattrs: bool,
 }
 
 /// The xattrs that hold POSIX ACLs.
@@ -134,19 +136,22 @@ impl StrataFs {
             backing_lock: Mutex::new(()),
             no_fsync: false,
             noacl: false,
+            no_xattrs: false,
         }
     }
 
-    /// Applies `volatile`/`fsync=0` and `noacl`.
-    pub fn tune(mut self, no_fsync: bool, noacl: bool) -> Self {
-        self.no_fsync = no_fsync;
-        self.noacl = noacl;
+    /// Applies the options served here: `volatile`/`fsync=0`, `noacl`, `noxattrs=1`.
+    pub fn tune(mut self, o: &crate::options::MountOptions) -> Self {
+        self.no_fsync = o.volatile || o.no_fsync;
+        self.noacl = o.noacl;
+        self.no_xattrs = o.no_xattrs;
         self
     }
 
-    /// Under `noacl`, an ACL xattr is refused as on a filesystem without ACL support.
-    fn acl_refused(&self, name: &OsStr) -> bool {
-        self.noacl && ACL_XATTRS.contains(&name.as_bytes())
+    /// Under `noxattrs=1` every xattr, under `noacl` an ACL's, is refused as on a filesystem
+    /// without them.
+    fn xattr_refused(&self, name: &OsStr) -> bool {
+        self.no_xattrs || (self.noacl && ACL_XATTRS.contains(&name.as_bytes()))
     }
 
     /// The backing id for a passthrough open of `ino`, shared with its other open handles;
@@ -210,7 +215,7 @@ impl Filesystem for StrataFs {
             // (which passes the layers' ACLs through): no getxattr round trip per `ls -l`.
             InitFlags::FUSE_POSIX_ACL,
         ] {
-            if cap == InitFlags::FUSE_POSIX_ACL && self.noacl {
+            if cap == InitFlags::FUSE_POSIX_ACL && (self.noacl || self.no_xattrs) {
                 continue;
             }
             let _ = config.add_capabilities(cap);
@@ -403,7 +408,7 @@ impl Filesystem for StrataFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if self.acl_refused(name) {
+        if self.xattr_refused(name) {
             return reply.error(Errno::EOPNOTSUPP);
         }
         let mut buf = vec![0u8; size as usize];
@@ -415,6 +420,9 @@ impl Filesystem for StrataFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if self.no_xattrs {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         match self.union.listxattr(ino.0) {
             Ok(list) if size == 0 => reply.size(list.len() as u32),
             Ok(list) if list.len() > size as usize => reply.error(Errno::ERANGE),
@@ -649,7 +657,7 @@ impl Filesystem for StrataFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        if self.acl_refused(name) {
+        if self.xattr_refused(name) {
             return reply.error(Errno::EOPNOTSUPP);
         }
         empty(
@@ -659,7 +667,7 @@ impl Filesystem for StrataFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if self.acl_refused(name) {
+        if self.xattr_refused(name) {
             return reply.error(Errno::EOPNOTSUPP);
         }
         empty(self.union.removexattr(ino.0, name.as_bytes()), reply);

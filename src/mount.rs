@@ -315,8 +315,7 @@ fn filesystem(
         // Nothing can change a lower-only union: let the kernel cache it for good.
         Duration::from_secs(86400)
     });
-    let fs = StrataFs::new(union, ttl, sys::is_root(), o.ids.clone())
-        .tune(o.volatile || o.no_fsync, o.noacl);
+    let fs = StrataFs::new(union, ttl, sys::is_root(), o.ids.clone()).tune(o);
     Ok((fs, fuse_config(req, has_upper)))
 }
 
@@ -331,7 +330,28 @@ fn serve(
         path: req.mountpoint.clone(),
         cause,
     };
-    let mut session = fuser::Session::new(fs, &c.mountpoint, &cfg).map_err(mount_err)?;
+    // Marked before the mount is visible (after the union cleared the workdir's staging
+    // area), unmarked again if it never comes up: that mount lost nothing.
+    let volatile = match (&c.upper, req.options.volatile) {
+        (Some((upper, work)), true) => {
+            mark_volatile(work).map_err(|cause| MountError::Path {
+                role: "workdir",
+                path: work.clone(),
+                cause,
+            })?;
+            Some((upper.clone(), work.clone()))
+        }
+        _ => None,
+    };
+    let mut session = match fuser::Session::new(fs, &c.mountpoint, &cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some((_, work)) = &volatile {
+                let _ = std::fs::remove_dir(volatile_marker(work));
+            }
+            return Err(mount_err(e));
+        }
+    };
     // SIGINT/SIGTERM/SIGHUP unmount cleanly; the session then ends by itself.
     let mut unmounter = session.unmount_callable();
     let mut signals = signal_hook::iterator::Signals::new([
@@ -346,18 +366,6 @@ fn serve(
             let _ = sys::unmount(&mountpoint, true);
         }
     });
-    // Marked only once mounted: a mount that never came up lost nothing.
-    let volatile = match (&c.upper, req.options.volatile) {
-        (Some((upper, work)), true) => {
-            mark_volatile(work).map_err(|cause| MountError::Path {
-                role: "workdir",
-                path: work.clone(),
-                cause,
-            })?;
-            Some((upper.clone(), work.clone()))
-        }
-        _ => None,
-    };
     if let Some(mut report) = report.take() {
         let _ = report.write_all(b"ok");
         drop(report);

@@ -77,6 +77,8 @@ pub struct MountOptions {
     pub static_nlink: bool,
     /// `redirect_dir=off|follow`: no redirects made, so merged directories cannot move.
     pub no_redirect: bool,
+    /// `noxattrs=1`: no xattrs through the mount.
+    pub no_xattrs: bool,
 }
 
 /// fuse-overlayfs's `xattr_permissions=`: where an upper keeps owners and modes it cannot
@@ -178,15 +180,7 @@ fn parse_ranges(name: &str, v: &[u8]) -> Result<Vec<(u32, u32, u32)>, OptionErro
 }
 
 /// fuse-overlayfs options strata does not implement yet: rejected by name, never ignored.
-const NOT_YET: &[&str] = &[
-    "noxattrs",
-    "fast_ino",
-    "writeback",
-    "nfs_export",
-    "max_read",
-    "blksize",
-    "auto_unmount",
-];
+const NOT_YET: &[&str] = &["nfs_export", "max_read", "blksize", "auto_unmount"];
 
 impl MountOptions {
     /// Applies one `-o` string (comma separated, backslash escapes) on top of `self`.
@@ -338,6 +332,12 @@ impl MountOptions {
             b"volatile" => flag(&mut self.volatile)?,
             // fuse-overlayfs's `fsync=0`: fsync is a no-op (what `volatile` implies).
             b"fsync" => self.no_fsync = choice(&[b"0", b"1"], "expected 0 or 1")? == b"0",
+            b"noxattrs" => self.no_xattrs = choice(&[b"0", b"1"], "expected 0 or 1")? == b"1",
+            // fuse-overlayfs's speed knobs (an inode check skipped, the kernel's writeback
+            // cache): what the mount shows does not depend on them.
+            b"fast_ino" | b"writeback" => {
+                choice(&[b"0", b"1"], "expected 0 or 1")?;
+            }
             b"userxattr" => flag(&mut self.userxattr)?,
             b"noacl" => flag(&mut self.noacl)?,
             b"static_nlink" => flag(&mut self.static_nlink)?,
@@ -485,8 +485,8 @@ mod tests {
             Err(OptionError::Unknown("bogus".into()))
         );
         assert_eq!(
-            parse(b"noxattrs=1"),
-            Err(OptionError::Unsupported("noxattrs".into()))
+            parse(b"nfs_export=on"),
+            Err(OptionError::Unsupported("nfs_export".into()))
         );
         assert!(matches!(
             parse(b"uidmapping=0:1000"),
@@ -581,6 +581,9 @@ mod tests {
 
     #[test]
     fn flags_of_overlay_and_fuse_overlayfs() {
+        assert!(parse(b"noxattrs=1").unwrap().no_xattrs);
+        assert!(!parse(b"noxattrs=0").unwrap().no_xattrs);
+        assert!(parse(b"fast_ino=1,writeback=0").is_ok());
         assert!(parse(b"fsync=0").unwrap().no_fsync);
         assert!(!parse(b"fsync=0,fsync=1").unwrap().no_fsync);
         assert!(matches!(
@@ -644,7 +647,7 @@ mod tests {
             XattrPermissions::Privileged
         );
         let refused = "metacopy=yes redirect_dir=nofollow index=nfs xino=maybe \
-                       xattr_permissions=3 plugins=/usr/lib/x.so";
+                       xattr_permissions=3 plugins=/usr/lib/x.so noxattrs=2 writeback=yes";
         for o in refused.split_whitespace() {
             assert!(
                 matches!(parse(o.as_bytes()), Err(OptionError::BadValue { .. })),

@@ -1259,7 +1259,11 @@ fn bad_input_fails_with_one_line_and_mounts_nothing() {
             missing.clone().into(),
         ),
         (o(with_opt(",bogus=1"), &mnt), &mnt, "bogus".into()),
-        (o(with_opt(",noxattrs=1"), &mnt), &mnt, "noxattrs".into()),
+        (
+            o(with_opt(",nfs_export=on"), &mnt),
+            &mnt,
+            "nfs_export".into(),
+        ),
         (vec![mnt.clone().into()], &mnt, "lower".into()),
         (
             vec!["mount".into(), mnt.clone().into()],

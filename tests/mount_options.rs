@@ -1,7 +1,8 @@
 //! The overlay and fuse-overlayfs options container tools pass to a mount program, each
 //! mounted for real: `volatile` (and what a mount after an unclean stop sees),
 //! `xattr_permissions=` with `override_stat` records, `static_nlink`, `noacl`,
-//! `metacopy=off`, `userxattr`, SELinux contexts where SELinux is off, and the refusals.
+//! `metacopy=off`, `userxattr`, `noxattrs=1`, `redirect_dir=off`, SELinux contexts where
+//! SELinux is off, and the refusals.
 
 mod common;
 
@@ -204,6 +205,15 @@ fn static_nlink_noacl_metacopy_userxattr() {
     };
     assert_eq!(set_acl("", "acl"), Ok(()));
     assert_eq!(set_acl("noacl", "noacl"), Err(libc::EOPNOTSUPP));
+    // noxattrs=1: none at all (fuse-overlayfs's option).
+    let (u, w) = (fx.path("nxu"), fx.path("nxw"));
+    let m = mount(&fx, Some((&u, &w)), "noxattrs=1", &fx.path("nx"));
+    let f = m.mnt.join("f");
+    let set = rustix::fs::setxattr(&f, "user.k", b"v", rustix::fs::XattrFlags::empty());
+    assert_eq!(set.map_err(|e| e.raw_os_error()), Err(libc::EOPNOTSUPP));
+    let list = rustix::fs::listxattr(&f, &mut [0u8; 64][..]).map_err(|e| e.raw_os_error());
+    assert_eq!(list, Err(libc::EOPNOTSUPP));
+    drop(m);
 
     // chmod of a lower file: a metacopy by default, the data copied with metacopy=off.
     let chmod_upper = |extra: &str, dir: &str| {
@@ -295,7 +305,7 @@ fn compatible_options_mount() {
     write(&fx.layer(0).join("f"), b"x");
     let (u, w) = (fx.path("u"), fx.path("w"));
     let mut extra = String::from(",,volatile,xino=auto,index=off,redirect_dir=on,metacopy=on,");
-    extra.push_str("plugins=,nodev,threaded=1,fsync=0,");
+    extra.push_str("plugins=,nodev,threaded=1,fsync=0,fast_ino=1,writeback=1,");
     if !Path::new("/sys/fs/selinux/enforce").exists() {
         extra.push_str("context=\"system_u:object_r:container_file_t:s0:c1,c2\",");
         extra.push_str("rootcontext=system_u:object_r:container_file_t:s0");
@@ -312,9 +322,9 @@ fn refused_by_name() {
         ("redirect_dir=nofollow", "redirect_dir"),
         ("xattr_permissions=3", "xattr_permissions"),
         ("plugins=/usr/lib/x.so", "plugins"),
-        ("noxattrs=1", "noxattrs"),
-        ("fast_ino=1", "fast_ino"),
-        ("writeback=1", "writeback"),
+        ("nfs_export=on", "nfs_export"),
+        ("noxattrs=2", "noxattrs"),
+        ("writeback=yes", "writeback"),
         ("fsync=2", "fsync"),
         ("metacopy", "metacopy"),
         ("volatile=1", "volatile"),
