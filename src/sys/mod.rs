@@ -6,7 +6,7 @@
 //! never out of that root; mounts onto them go through `mount`, on the fds.
 //! This is the only module allowed to contain `unsafe`.
 
-mod caps;
+pub mod caps;
 mod dir;
 mod fs;
 mod handle;
