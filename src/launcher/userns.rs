@@ -31,10 +31,9 @@ fn subid_range(file: &str, name: Option<&str>, id: u32) -> Option<(u32, u32)> {
 /// The caller's user name, from /etc/passwd.
 fn user_name(uid: u32) -> Option<String> {
     let text = std::fs::read_to_string("/etc/passwd").ok()?;
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 2 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[0].to_owned())
-    })
+    crate::passwd::users(&text)
+        .find(|u| u.uid == Some(uid))
+        .map(|u| u.name.to_owned())
 }
 
 /// Whether the namespace got the subordinate ranges (true) or only the caller's id (false).
