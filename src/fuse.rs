@@ -27,12 +27,29 @@ fn errno(e: io::Error) -> Errno {
     }
 }
 
+/// A timespec (`tv_sec` may be negative, `tv_nsec` is always 0..1e9 forward from it) as a
+/// SystemTime: -1.5 s is `{-2, 500_000_000}`.
 fn time(sec: i64, nsec: i64) -> SystemTime {
-    let t = Duration::new(sec.unsigned_abs(), nsec.clamp(0, 999_999_999) as u32);
-    if sec >= 0 {
-        UNIX_EPOCH + t
+    let whole = Duration::from_secs(sec.unsigned_abs());
+    let base = if sec >= 0 {
+        UNIX_EPOCH + whole
     } else {
-        UNIX_EPOCH - t
+        UNIX_EPOCH - whole
+    };
+    base + Duration::from_nanos(nsec.clamp(0, 999_999_999) as u64)
+}
+
+/// The inverse of [`time`]: `(tv_sec, tv_nsec)` with `tv_nsec` in 0..1e9.
+fn timespec(t: SystemTime) -> (i64, i64) {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+        Err(e) => {
+            let d = e.duration();
+            match d.subsec_nanos() {
+                0 => (-(d.as_secs() as i64), 0),
+                n => (-(d.as_secs() as i64) - 1, 1_000_000_000 - n as i64),
+            }
+        }
     }
 }
 
@@ -706,12 +723,36 @@ fn empty(r: io::Result<()>, reply: ReplyEmpty) {
 fn set_time(t: fuser::TimeOrNow) -> SetTime {
     match t {
         fuser::TimeOrNow::Now => SetTime::Now,
-        fuser::TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos() as i64),
-            Err(e) => {
-                let d = e.duration();
-                SetTime::At(-(d.as_secs() as i64), d.subsec_nanos() as i64)
-            }
-        },
+        fuser::TimeOrNow::SpecificTime(t) => {
+            let (sec, nsec) = timespec(t);
+            SetTime::At(sec, nsec)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_before_1970_keep_their_fraction() {
+        let before = |d: f64| UNIX_EPOCH - Duration::from_secs_f64(d);
+        // -1.5 s is one and a half seconds before the epoch, not 2.5 or 0.5.
+        assert_eq!(time(-2, 500_000_000), before(1.5));
+        assert_eq!(timespec(before(1.5)), (-2, 500_000_000));
+        assert_eq!(timespec(before(1.0)), (-1, 0));
+        assert_eq!(
+            timespec(UNIX_EPOCH + Duration::from_millis(1500)),
+            (1, 500_000_000)
+        );
+        for (s, n) in [
+            (-2, 500_000_000),
+            (-1, 0),
+            (0, 0),
+            (1, 1),
+            (-100, 999_999_999),
+        ] {
+            assert_eq!(timespec(time(s, n)), (s, n), "{s}.{n}");
+        }
     }
 }
