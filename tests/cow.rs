@@ -784,3 +784,47 @@ fn copy_file_range_from_a_lower_file() {
         "upper file after unmount"
     );
 }
+
+/// utimensat to times before 1970, with and without a fraction, reads back as through kernel
+/// overlayfs (fuser hands pre-1970 request times over in a form of its own).
+#[test]
+fn times_before_1970_match_kernel() {
+    if !require_mount_env() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    write(&fx.layer(0).join("f"), b"f");
+    let (ku, kw, km) = (fx.path("ku"), fx.path("kw"), fx.path("km"));
+    let (su, sw, sm) = (fx.path("su"), fx.path("sw"), fx.path("sm"));
+    let k = KernelOverlay::with_upper(&fx.layers, &ku, &kw, &km);
+    let s = StrataMount::with_upper(&fx.layers, &su, &sw, &sm);
+    let stamp = |m: &Path, sec: i64, nsec: i64| {
+        let t = rustix::fs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec as _,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            m.join("f"),
+            &times,
+            rustix::fs::AtFlags::empty(),
+        )
+        .unwrap();
+        let md = fs::metadata(m.join("f")).unwrap();
+        (md.mtime(), md.mtime_nsec(), md.atime(), md.atime_nsec())
+    };
+    for (sec, nsec) in [
+        (-2, 500_000_000),
+        (-1, 0),
+        (-86_400 * 365, 999_999_999),
+        (5, 1),
+    ] {
+        let want = stamp(&k.mnt, sec, nsec);
+        assert_eq!(want, (sec, nsec, sec, nsec), "kernel");
+        assert_eq!(stamp(&s.mnt, sec, nsec), want, "strata at {sec}.{nsec:09}");
+    }
+}
