@@ -27,12 +27,28 @@ fn errno(e: io::Error) -> Errno {
     }
 }
 
+/// A timespec (`tv_sec` may be negative, `tv_nsec` is always 0..1e9 forward from it) as a
+/// SystemTime: -1.5 s is `{-2, 500_000_000}`.
 fn time(sec: i64, nsec: i64) -> SystemTime {
-    let t = Duration::new(sec.unsigned_abs(), nsec.clamp(0, 999_999_999) as u32);
-    if sec >= 0 {
-        UNIX_EPOCH + t
+    let whole = Duration::from_secs(sec.unsigned_abs());
+    let base = if sec >= 0 {
+        UNIX_EPOCH + whole
     } else {
-        UNIX_EPOCH - t
+        UNIX_EPOCH - whole
+    };
+    base + Duration::from_nanos(nsec.clamp(0, 999_999_999) as u64)
+}
+
+/// The timespec a SETATTR request carried. fuser 0.18 decodes a pre-1970 `{sec, nsec}` as
+/// `epoch - (|sec| + nsec)` (a TODO in its time.rs), not `epoch + sec + nsec`: undo exactly
+/// that, so -1.5 s (`{-2, 500_000_000}`) is stored as -1.5 s.
+fn request_timespec(t: SystemTime) -> (i64, i64) {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+        Err(e) => {
+            let d = e.duration();
+            (-(d.as_secs() as i64), d.subsec_nanos() as i64)
+        }
     }
 }
 
@@ -738,12 +754,33 @@ fn empty(r: io::Result<()>, reply: ReplyEmpty) {
 fn set_time(t: fuser::TimeOrNow) -> SetTime {
     match t {
         fuser::TimeOrNow::Now => SetTime::Now,
-        fuser::TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos() as i64),
-            Err(e) => {
-                let d = e.duration();
-                SetTime::At(-(d.as_secs() as i64), d.subsec_nanos() as i64)
-            }
-        },
+        fuser::TimeOrNow::SpecificTime(t) => {
+            let (sec, nsec) = request_timespec(t);
+            SetTime::At(sec, nsec)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_before_1970_keep_their_fraction() {
+        let before = |d: f64| UNIX_EPOCH - Duration::from_secs_f64(d);
+        // Replies: -1.5 s is one and a half seconds before the epoch, not 2.5 or 0.5.
+        assert_eq!(time(-2, 500_000_000), before(1.5));
+        assert_eq!(time(-1, 0), before(1.0));
+        assert_eq!(
+            time(1, 500_000_000),
+            UNIX_EPOCH + Duration::from_millis(1500)
+        );
+        // Requests, as fuser 0.18 hands them over: {-2, 5e8} arrives as epoch - 2.5 s.
+        assert_eq!(request_timespec(before(2.5)), (-2, 500_000_000));
+        assert_eq!(request_timespec(before(1.0)), (-1, 0));
+        assert_eq!(
+            request_timespec(UNIX_EPOCH + Duration::from_millis(1500)),
+            (1, 500_000_000)
+        );
     }
 }

@@ -344,6 +344,7 @@ proptest! {
         assert_same(&want, &got, "final tree");
         drop(k);
         prop_assert!(s.stop().success());
+        assert_upper_data(&su, &want, "strata's upper");
         let s = StrataMount::with_upper(&sfx.layers, &su, &sw, &sm);
         assert_same(&want, &snapshot(&s.mnt), "after remount");
         drop(s);

@@ -1,12 +1,14 @@
-//! Every system call strata makes, wrapped once: `OwnedFd`/`BorrowedFd` in, `io::Result` out.
+//! System-call wrappers: `OwnedFd`/`BorrowedFd` in, `io::Result` out. Every call that needs
+//! `unsafe` is here (this is the only module allowed to contain it), and so is every call the
+//! union makes on a layer. Safe calls elsewhere (the image store's and the launcher's rustix
+//! calls on their own files) use rustix directly.
 //!
 //! Paths inside layers are always a single name relative to a held directory fd, opened with
 //! `O_NOFOLLOW`/`AT_SYMLINK_NOFOLLOW`, so a symlink stored in a layer is never followed by us.
 //! Paths inside a container root go through `resolve`: followed as the container will see them,
 //! never out of that root; mounts onto them go through `mount`, on the fds.
-//! This is the only module allowed to contain `unsafe`.
 
-mod caps;
+pub mod caps;
 mod dir;
 mod fs;
 mod handle;

@@ -869,6 +869,47 @@ pub fn assert_same(want: &Tree, got: &Tree, context: &str) {
 }
 
 /// Paths of a tree (root excluded, bytes escaped), for compact expectations.
+/// Every regular file strata copied up or wrote holds the data the merged view shows at its
+/// path: read straight from the upper directory, not through any mount. (Metacopies, which
+/// hold no data by design, and whiteouts are skipped.) Copy-up that loses data, as across
+/// filesystems it once did, fails here even where the mount's own view looks right.
+pub fn assert_upper_data(upper: &Path, view: &Tree, context: &str) {
+    let mut stack = vec![(upper.to_path_buf(), Vec::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display())) {
+            let e = e.unwrap();
+            let name = e.file_name();
+            let mut r: Vec<u8> = rel.clone();
+            if !r.is_empty() {
+                r.push(b'/');
+            }
+            r.extend_from_slice(name.as_bytes());
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push((e.path(), r));
+                continue;
+            }
+            let meta = xattrs(&e.path())
+                .iter()
+                .any(|(k, _)| k.ends_with(b"overlay.metacopy"));
+            if !ft.is_file() || meta || name.as_bytes().starts_with(b".wh.") {
+                continue;
+            }
+            let Some(want) = view.get(&r).and_then(|v| v.content.as_ref()) else {
+                continue;
+            };
+            let got = fs::read(e.path()).unwrap();
+            assert!(
+                &got == want,
+                "{context}: upper file {} holds {} bytes, the view shows {}",
+                show(&r),
+                got.len(),
+                want.len()
+            );
+        }
+    }
+}
+
 pub fn names(tree: &Tree) -> Vec<String> {
     tree.keys()
         .filter(|k| !k.is_empty())
