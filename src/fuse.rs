@@ -1,14 +1,15 @@
 //! The FUSE adapter: decode a request, call the union, encode the reply. Errors become FUSE
 //! replies in exactly one place (`errno`).
 
+mod passthrough;
+
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dashmap::DashMap;
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
@@ -18,6 +19,7 @@ use fuser::{
 use crate::options::{IdMapping, OVERFLOW_ID};
 use crate::sys::Stat;
 use crate::union::{self, Caller, RenameMode, SetAttr, SetTime, Union};
+use passthrough::PassthroughCache;
 
 /// The one place an `io::Error` becomes a FUSE error code.
 fn errno(e: io::Error) -> Errno {
@@ -115,18 +117,8 @@ pub struct StrataFs {
     ttl: Duration,
     /// Whether to try FUSE passthrough for file I/O (real root only; decided at init).
     passthrough: bool,
-    /// One backing file per inode while any handle uses it (the kernel requires that all
-    /// passthrough opens of an inode share one backing file).
-    backing: DashMap<u64, Weak<BackingId>>,
-    /// Handle -> backing id it holds, released with the handle.
-    handle_backing: DashMap<u64, Arc<BackingId>>,
-    /// Open handles per inode that do not use passthrough: the kernel refuses passthrough
-    /// opens of an inode while such handles exist (and vice versa).
-    cached_opens: DashMap<u64, u32>,
-    /// Handle -> inode, for handles counted in `cached_opens`.
-    cached_handles: DashMap<u64, u64>,
-    /// Serialises the choice of I/O mode per open (rare: only opens).
-    backing_lock: Mutex<()>,
+    /// The I/O mode of each open handle (passthrough or cached), by the kernel's rules.
+    passthrough_cache: PassthroughCache<BackingId>,
     /// `volatile` or `fsync=0`: fsync is a no-op (fuse-overlayfs's meaning, and the kernel's).
     no_fsync: bool,
     /// `noacl`: POSIX ACLs are neither enforced nor stored.
@@ -145,11 +137,7 @@ impl StrataFs {
             union,
             ttl,
             passthrough: try_passthrough,
-            backing: crate::union::table(),
-            handle_backing: crate::union::table(),
-            cached_opens: crate::union::table(),
-            cached_handles: crate::union::table(),
-            backing_lock: Mutex::new(()),
+            passthrough_cache: PassthroughCache::default(),
             no_fsync: false,
             noacl: false,
             no_xattrs: false,
@@ -171,8 +159,7 @@ impl StrataFs {
     }
 
     /// The backing id for a passthrough open of `ino`, shared with its other open handles;
-    /// None when this open must use the normal read/write path (the handle is then counted,
-    /// so no passthrough open of the inode is attempted while it lives).
+    /// None when this open must use the normal read/write path.
     fn open_passthrough(
         &self,
         ino: u64,
@@ -180,39 +167,13 @@ impl StrataFs {
         file: &std::fs::File,
         open_backing: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
-        let _g = self.backing_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let id = if !self.passthrough
-            || !self.union.data_settled(ino)
-            || self.cached_opens.get(&ino).is_some_and(|n| *n > 0)
-        {
-            None
-        } else if let Some(id) = self.backing.get(&ino).and_then(|w| w.upgrade()) {
-            Some(id)
-        } else {
-            open_backing(file).ok().map(Arc::new)
-        };
-        match &id {
-            Some(id) => {
-                self.backing.insert(ino, Arc::downgrade(id));
-                self.handle_backing.insert(fh, id.clone());
-            }
-            None => {
-                *self.cached_opens.entry(ino).or_insert(0) += 1;
-                self.cached_handles.insert(fh, ino);
-            }
-        }
-        id
+        let allowed = self.passthrough && self.union.data_settled(ino);
+        self.passthrough_cache
+            .open(ino, fh, allowed, || open_backing(file))
     }
 
     fn release_handle(&self, fh: u64) {
-        self.handle_backing.remove(&fh);
-        if let Some((_, ino)) = self.cached_handles.remove(&fh) {
-            let _g = self.backing_lock.lock().unwrap_or_else(|p| p.into_inner());
-            self.cached_opens.remove_if_mut(&ino, |_, n| {
-                *n -= 1;
-                *n == 0
-            });
-        }
+        self.passthrough_cache.release(fh);
     }
 }
 
@@ -268,17 +229,11 @@ impl Filesystem for StrataFs {
             Some(fh) => self.union.getattr_fh(ino.0, fh.0),
             None => self.union.getattr(ino.0),
         };
-        match r {
-            Ok(st) => reply.attr(&self.ttl, &self.attr(&st)),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(r, reply, |reply, st| reply.attr(&self.ttl, &self.attr(&st)))
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.union.readlink(ino.0) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(self.union.readlink(ino.0), reply, |reply, t| reply.data(&t))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -305,10 +260,9 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.union.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(self.union.read(fh.0, offset, size), reply, |reply, data| {
+            reply.data(&data)
+        })
     }
 
     fn flush(
@@ -362,10 +316,7 @@ impl Filesystem for StrataFs {
         let r = self.union.readdir(fh.0, offset, |ino, next, kind, name| {
             reply.add(INodeNo(ino), next, kind_of(kind), OsStr::from_bytes(name))
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(r, reply, |reply, ()| reply.ok())
     }
 
     fn readdirplus(
@@ -389,10 +340,7 @@ impl Filesystem for StrataFs {
                     Generation(node.generation),
                 )
             });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(r, reply, |reply, ()| reply.ok())
     }
 
     fn releasedir(
@@ -408,8 +356,8 @@ impl Filesystem for StrataFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.union.statfs() {
-            Ok(s) => reply.statfs(
+        answer(self.union.statfs(), reply, |reply, s| {
+            reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
                 s.f_bavail,
@@ -418,9 +366,8 @@ impl Filesystem for StrataFs {
                 s.f_bsize as u32,
                 s.f_namemax as u32,
                 s.f_frsize as u32,
-            ),
-            Err(e) => reply.error(errno(e)),
-        }
+            )
+        })
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -481,10 +428,9 @@ impl Filesystem for StrataFs {
             mtime: mtime.map(set_time),
             fh: fh.map(|f| f.0),
         };
-        match self.union.setattr(ino.0, &a) {
-            Ok(st) => reply.attr(&self.ttl, &self.attr(&st)),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(self.union.setattr(ino.0, &a), reply, |reply, st| {
+            reply.attr(&self.ttl, &self.attr(&st))
+        })
     }
 
     fn mknod(
@@ -622,10 +568,9 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
-        match self.union.write(fh.0, offset, data) {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(self.union.write(fh.0, offset, data), reply, |reply, n| {
+            reply.written(n as u32)
+        })
     }
 
     fn copy_file_range(
@@ -641,13 +586,12 @@ impl Filesystem for StrataFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: fuser::ReplyWrite,
     ) {
-        match self
-            .union
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
-        {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(
+            self.union
+                .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len),
+            reply,
+            |reply, n| reply.written(n as u32),
+        )
     }
 
     fn fallocate(
@@ -737,18 +681,48 @@ impl StrataFs {
     }
 
     fn entry(&self, r: io::Result<(Arc<union::Node>, Stat)>, reply: ReplyEntry) {
-        match r {
-            Ok((node, st)) => reply.entry(&self.ttl, &self.attr(&st), Generation(node.generation)),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(r, reply, |reply, (node, st)| {
+            reply.entry(&self.ttl, &self.attr(&st), Generation(node.generation))
+        })
+    }
+}
+
+/// A fuser reply that can answer an errno (every reply type can; fuser has no trait for it).
+trait ErrorReply {
+    fn fail(self, e: Errno);
+}
+
+macro_rules! error_reply {
+    ($($t:ty),*) => {
+        $(impl ErrorReply for $t {
+            fn fail(self, e: Errno) {
+                self.error(e)
+            }
+        })*
+    };
+}
+
+error_reply!(
+    ReplyAttr,
+    ReplyData,
+    ReplyDirectory,
+    ReplyDirectoryPlus,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyStatfs,
+    fuser::ReplyWrite
+);
+
+/// Replies with `ok(reply, value)`, or with the error's errno: the error arm written once.
+fn answer<T, R: ErrorReply>(r: io::Result<T>, reply: R, ok: impl FnOnce(R, T)) {
+    match r {
+        Ok(v) => ok(reply, v),
+        Err(e) => reply.fail(errno(e)),
     }
 }
 
 fn empty(r: io::Result<()>, reply: ReplyEmpty) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(e)),
-    }
+    answer(r, reply, |reply, ()| reply.ok())
 }
 
 fn set_time(t: fuser::TimeOrNow) -> SetTime {
