@@ -253,10 +253,15 @@ impl StrataMount {
     /// Kills the server (our child) with SIGKILL, an unclean stop, and detaches its dead
     /// mount.
     pub fn crash(self) {
+        self.kill();
+        let _ = rustix::mount::unmount(&self.mnt, rustix::mount::UnmountFlags::DETACH);
+    }
+
+    /// SIGKILL to the server (our child), leaving its dead mount in place; drop unmounts it.
+    pub fn kill(&self) {
         if let Some(pid) = rustix::process::Pid::from_raw(self.pid() as i32) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
-        let _ = rustix::mount::unmount(&self.mnt, rustix::mount::UnmountFlags::DETACH);
     }
 
     pub fn pid(&self) -> u32 {
@@ -691,7 +696,40 @@ pub fn kernel_snapshot(root: &Path) -> Tree {
 fn kernel_xdev(root: &Path) -> bool {
     const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
     let overlay = rustix::fs::statfs(root).is_ok_and(|s| s.f_type == OVERLAYFS_SUPER_MAGIC);
-    overlay && !layout().same_fs()
+    overlay && {
+        let devs: BTreeSet<u64> = overlay_dirs(root)
+            .iter()
+            .filter_map(|d| fs::metadata(d).ok().map(|m| m.dev()))
+            .collect();
+        devs.len() > 1
+    }
+}
+
+/// The lower and upper directories of the overlay mounted at `mnt`, from its mount options.
+fn overlay_dirs(mnt: &Path) -> Vec<PathBuf> {
+    let info = fs::read("/proc/self/mountinfo").unwrap_or_default();
+    let want = mnt.as_os_str().as_bytes();
+    let Some(line) = info.split(|&b| b == b'\n').rev().find(|l| {
+        l.split(|&b| b == b' ')
+            .nth(4)
+            .is_some_and(|f| unescape_mountinfo(f) == want)
+    }) else {
+        return Vec::new();
+    };
+    let opts = line.split(|&b| b == b' ').next_back().unwrap_or_default();
+    let mut dirs = Vec::new();
+    for opt in opts.split(|&b| b == b',') {
+        let opt = unescape_mountinfo(opt);
+        if let Some(l) = opt.strip_prefix(b"lowerdir=") {
+            dirs.extend(
+                l.split(|&b| b == b':')
+                    .map(|d| PathBuf::from(OsStr::from_bytes(d))),
+            );
+        } else if let Some(u) = opt.strip_prefix(b"upperdir=") {
+            dirs.push(PathBuf::from(OsStr::from_bytes(u)));
+        }
+    }
+    dirs
 }
 
 fn walk(root: &Path, skip_unfindable: bool) -> Tree {
@@ -967,14 +1005,6 @@ pub struct Layout {
     pub upper: PathBuf,
     /// Unions get read-only bind mounts of the layers ([`lower_views`]).
     pub lower_ro: bool,
-}
-
-impl Layout {
-    /// Whether layers and upper are on one filesystem.
-    pub fn same_fs(&self) -> bool {
-        let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
-        dev(&self.lower).is_some() && dev(&self.lower) == dev(&self.upper)
-    }
 }
 
 pub fn layout() -> &'static Layout {
