@@ -174,9 +174,15 @@ impl StrataMount {
     /// the mount is live. The server's stderr goes to a log beside `mnt`, quoted if it fails
     /// to mount.
     pub fn spawn(args: &[OsString], mnt: &Path) -> StrataMount {
+        StrataMount::spawn_env(args, mnt, &[])
+    }
+
+    /// [`StrataMount::spawn`] with variables added to strata's environment.
+    pub fn spawn_env(args: &[OsString], mnt: &Path, env: &[(&str, &str)]) -> StrataMount {
         let log = mnt.with_extension("strata.log");
         let mut child = Command::new(STRATA)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("create strata log"))
@@ -235,6 +241,30 @@ impl StrataMount {
     pub fn with_upper(layers: &[PathBuf], upper: &Path, work: &Path, mnt: &Path) -> StrataMount {
         let opt = upper_opt(layers, upper, work);
         StrataMount::start(&[OsStr::new("-o"), OsStr::from_bytes(&opt)], mnt)
+    }
+
+    /// [`StrataMount::with_upper`] with more mount options (`extra`, comma-separated; may be
+    /// empty) and variables added to strata's environment.
+    pub fn with_upper_env(
+        layers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> StrataMount {
+        let mut opt = upper_opt(layers, upper, work);
+        if !extra.is_empty() {
+            opt.push(b',');
+            opt.extend_from_slice(extra.as_bytes());
+        }
+        let argv: Vec<OsString> = vec![
+            "-f".into(),
+            "-o".into(),
+            OsStr::from_bytes(&opt).into(),
+            mnt.into(),
+        ];
+        StrataMount::spawn_env(&argv, mnt, env)
     }
 
     pub fn pid(&self) -> u32 {
