@@ -179,10 +179,23 @@ impl StrataMount {
 
     /// [`StrataMount::spawn`] with variables added to strata's environment.
     pub fn spawn_env(args: &[OsString], mnt: &Path, env: &[(&str, &str)]) -> StrataMount {
+        let mut cmd = Command::new(STRATA);
+        cmd.envs(env.iter().copied());
+        StrataMount::spawn_cmd(cmd, args, mnt)
+    }
+
+    /// [`StrataMount::spawn`] run by `wrapper` (a program and its arguments that execs the
+    /// rest of its command line, such as `prlimit --nofile=256:256`).
+    pub fn spawn_under(wrapper: &[&str], args: &[OsString], mnt: &Path) -> StrataMount {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(STRATA);
+        StrataMount::spawn_cmd(cmd, args, mnt)
+    }
+
+    fn spawn_cmd(mut cmd: Command, args: &[OsString], mnt: &Path) -> StrataMount {
         let log = mnt.with_extension("strata.log");
-        let mut child = Command::new(STRATA)
+        let mut child = cmd
             .args(args)
-            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("create strata log"))
