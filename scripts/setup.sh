@@ -23,15 +23,26 @@ declare -A by_command=(
   [mount]=mount
   [mountpoint]=util-linux
   [setpriv]=util-linux       # tests: run as another user
+  [unshare]=util-linux       # tests: rootless runs in a private mount namespace
   [python3]=python3          # benchmark fixture builder and report
   [bc]=bc
   [cc]=gcc                   # the linker cargo uses
   [skopeo]=skopeo            # tests: exported OCI layouts read back
   [umoci]=umoci              # tests: exported OCI layouts unpacked
+  [podman]=podman            # tests: strata as podman's / buildah's mount program
+  [buildah]=buildah
+  [runc]=runc                # the OCI runtime those tests name (--runtime runc)
+  [conmon]=conmon
+  [newuidmap]=uidmap         # rootless podman/buildah: the user's subuid range
+  [newgidmap]=uidmap
+  [slirp4netns]=slirp4netns  # rootless podman's network helper
+  [mkfs.xfs]=xfsprogs        # tests: the xfs layout (reflink copy-up; scripts/layouts.sh)
+  [mkfs.btrfs]=btrfs-progs   # tests: the btrfs layout
 )
 # packages checked by name (their command may come from another package)
 by_package=(
   busybox-static             # a static busybox for test root filesystems
+  containers-storage         # /etc/containers/storage.conf and the storage man pages
 )
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }

@@ -6,6 +6,9 @@
 #   scripts/test.sh          quick profile (the property tests' own default case counts)
 #   scripts/test.sh --long   long profile: PROPTEST_CASES=2000
 #   STRATA_PROPTEST_CASES=N scripts/test.sh   any count (also with --long)
+#   STRATA_LAYOUTS="ext4-tmpfs xfs" scripts/test.sh   which extra filesystem layouts the mount
+#                            tests run in after the first pass (default: all of them; "" none;
+#                            see scripts/layouts.sh)
 #
 # Ends with one line 'tests: N passed, N failed, N skipped'; exits non-zero on any failure.
 set -euo pipefail
@@ -15,7 +18,7 @@ long=0
 for arg in "$@"; do
   case "$arg" in
     --long) long=1 ;;
-    -h | --help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "test.sh: unknown argument '$arg' (only --long)" >&2; exit 2 ;;
   esac
 done
@@ -36,17 +39,43 @@ banner "build: cargo build --all-targets"
 cargo build --all-targets
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+fuzz_log=$(mktemp)
+# shellcheck source=scripts/layouts.sh
+. scripts/layouts.sh
+trap 'layout_down; rm -f "$log" "$fuzz_log"' EXIT
 banner "tests: cargo test --all-targets --no-fail-fast (PROPTEST_CASES=${PROPTEST_CASES:-default}; root: $([ "$(id -u)" = 0 ] && echo yes || echo no), /dev/fuse: $([ -c /dev/fuse ] && echo yes || echo no))"
 set +e
 cargo test --all-targets --no-fail-fast 2>&1 | tee "$log"
 test_status=${PIPESTATUS[0]}
 set -e
 
+# The mount tests again with layers and upper on other filesystems (scripts/layouts.sh): a
+# suite that passes in one layout proves one layout.
+matrix_tests=(--test cow --test crash --test merged_view --test mount_options --test prop_layers --test prop_ops
+  --test rootless --test run)
+read -r -a layouts <<< "${STRATA_LAYOUTS-ext4-tmpfs tmpfs-ext4 tmpfs-tmpfs xfs btrfs ro-tmpfs}"
+for name in "${layouts[@]}"; do
+  banner "layout $name: cargo test ${matrix_tests[*]}"
+  if [ "$(id -u)" != 0 ]; then
+    echo "SKIP layout $name: needs root to mount its filesystems" | tee -a "$log"
+    continue
+  fi
+  if ! layout_up "$name" > "$fuzz_log" 2>&1; then
+    echo "SKIP layout $name: $(tail -n 1 "$fuzz_log")" | tee -a "$log"
+    layout_down
+    continue
+  fi
+  cat "$fuzz_log"
+  set +e
+  cargo test --no-fail-fast "${matrix_tests[@]}" 2>&1 | tee -a "$log"
+  status=${PIPESTATUS[0]}
+  set -e
+  layout_down
+  ((status == 0)) || { test_status=$status; echo "layout $name FAILED (exit $status)"; }
+done
+
 fuzz_status=0
 if command -v cargo-fuzz >/dev/null 2>&1; then
-  fuzz_log=$(mktemp)
-  trap 'rm -f "$log" "$fuzz_log"' EXIT
   # The two parsers of outside input: mount options and image layer tars.
   for target in mount_options unpack; do
     banner "fuzz smoke: scripts/fuzz.sh $target 20"

@@ -1,23 +1,25 @@
 //! The FUSE adapter: decode a request, call the union, encode the reply. Errors become FUSE
 //! replies in exactly one place (`errno`).
 
+mod passthrough;
+
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dashmap::DashMap;
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
-use crate::options::IdMapping;
+use crate::options::{IdMapping, OVERFLOW_ID};
 use crate::sys::Stat;
 use crate::union::{self, Caller, RenameMode, SetAttr, SetTime, Union};
+use passthrough::PassthroughCache;
 
 /// The one place an `io::Error` becomes a FUSE error code.
 fn errno(e: io::Error) -> Errno {
@@ -27,12 +29,28 @@ fn errno(e: io::Error) -> Errno {
     }
 }
 
+/// A timespec (`tv_sec` may be negative, `tv_nsec` is always 0..1e9 forward from it) as a
+/// SystemTime: -1.5 s is `{-2, 500_000_000}`.
 fn time(sec: i64, nsec: i64) -> SystemTime {
-    let t = Duration::new(sec.unsigned_abs(), nsec.clamp(0, 999_999_999) as u32);
-    if sec >= 0 {
-        UNIX_EPOCH + t
+    let whole = Duration::from_secs(sec.unsigned_abs());
+    let base = if sec >= 0 {
+        UNIX_EPOCH + whole
     } else {
-        UNIX_EPOCH - t
+        UNIX_EPOCH - whole
+    };
+    base + Duration::from_nanos(nsec.clamp(0, 999_999_999) as u64)
+}
+
+/// The timespec a SETATTR request carried. fuser 0.18 decodes a pre-1970 `{sec, nsec}` as
+/// `epoch - (|sec| + nsec)` (a TODO in its time.rs), not `epoch + sec + nsec`: undo exactly
+/// that, so -1.5 s (`{-2, 500_000_000}`) is stored as -1.5 s.
+fn request_timespec(t: SystemTime) -> (i64, i64) {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+        Err(e) => {
+            let d = e.duration();
+            (-(d.as_secs() as i64), d.subsec_nanos() as i64)
+        }
     }
 }
 
@@ -99,19 +117,18 @@ pub struct StrataFs {
     ttl: Duration,
     /// Whether to try FUSE passthrough for file I/O (real root only; decided at init).
     passthrough: bool,
-    /// One backing file per inode while any handle uses it (the kernel requires that all
-    /// passthrough opens of an inode share one backing file).
-    backing: DashMap<u64, Weak<BackingId>>,
-    /// Handle -> backing id it holds, released with the handle.
-    handle_backing: DashMap<u64, Arc<BackingId>>,
-    /// Open handles per inode that do not use passthrough: the kernel refuses passthrough
-    /// opens of an inode while such handles exist (and vice versa).
-    cached_opens: DashMap<u64, u32>,
-    /// Handle -> inode, for handles counted in `cached_opens`.
-    cached_handles: DashMap<u64, u64>,
-    /// Serialises the choice of I/O mode per open (rare: only opens).
-    backing_lock: Mutex<()>,
+    /// The I/O mode of each open handle (passthrough or cached), by the kernel's rules.
+    passthrough_cache: PassthroughCache<BackingId>,
+    /// `volatile` or `fsync=0`: fsync is a no-op (fuse-overlayfs's meaning, and the kernel's).
+    no_fsync: bool,
+    /// `noacl`: POSIX ACLs are neither enforced nor stored.
+    noacl: bool,
+    /// fuse-overlayfs's `noxattrs=1`: no xattrs at all through the mount.
+    no_xattrs: bool,
 }
+
+/// The xattrs that hold POSIX ACLs.
+const ACL_XATTRS: [&[u8]; 2] = [b"system.posix_acl_access", b"system.posix_acl_default"];
 
 impl StrataFs {
     pub fn new(union: Union, ttl: Duration, try_passthrough: bool, ids: IdMapping) -> Self {
@@ -120,17 +137,29 @@ impl StrataFs {
             union,
             ttl,
             passthrough: try_passthrough,
-            backing: crate::union::table(),
-            handle_backing: crate::union::table(),
-            cached_opens: crate::union::table(),
-            cached_handles: crate::union::table(),
-            backing_lock: Mutex::new(()),
+            passthrough_cache: PassthroughCache::default(),
+            no_fsync: false,
+            noacl: false,
+            no_xattrs: false,
         }
     }
 
+    /// Applies the options served here: `volatile`/`fsync=0`, `noacl`, `noxattrs=1`.
+    pub fn tune(mut self, o: &crate::options::MountOptions) -> Self {
+        self.no_fsync = o.volatile || o.no_fsync;
+        self.noacl = o.noacl;
+        self.no_xattrs = o.no_xattrs;
+        self
+    }
+
+    /// Under `noxattrs=1` every xattr, under `noacl` an ACL's, is refused as on a filesystem
+    /// without them.
+    fn xattr_refused(&self, name: &OsStr) -> bool {
+        self.no_xattrs || (self.noacl && ACL_XATTRS.contains(&name.as_bytes()))
+    }
+
     /// The backing id for a passthrough open of `ino`, shared with its other open handles;
-    /// None when this open must use the normal read/write path (the handle is then counted,
-    /// so no passthrough open of the inode is attempted while it lives).
+    /// None when this open must use the normal read/write path.
     fn open_passthrough(
         &self,
         ino: u64,
@@ -138,39 +167,13 @@ impl StrataFs {
         file: &std::fs::File,
         open_backing: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
-        let _g = self.backing_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let id = if !self.passthrough
-            || !self.union.data_settled(ino)
-            || self.cached_opens.get(&ino).is_some_and(|n| *n > 0)
-        {
-            None
-        } else if let Some(id) = self.backing.get(&ino).and_then(|w| w.upgrade()) {
-            Some(id)
-        } else {
-            open_backing(file).ok().map(Arc::new)
-        };
-        match &id {
-            Some(id) => {
-                self.backing.insert(ino, Arc::downgrade(id));
-                self.handle_backing.insert(fh, id.clone());
-            }
-            None => {
-                *self.cached_opens.entry(ino).or_insert(0) += 1;
-                self.cached_handles.insert(fh, ino);
-            }
-        }
-        id
+        let allowed = self.passthrough && self.union.data_settled(ino);
+        self.passthrough_cache
+            .open(ino, fh, allowed, || open_backing(file))
     }
 
     fn release_handle(&self, fh: u64) {
-        self.handle_backing.remove(&fh);
-        if let Some((_, ino)) = self.cached_handles.remove(&fh) {
-            let _g = self.backing_lock.lock().unwrap_or_else(|p| p.into_inner());
-            self.cached_opens.remove_if_mut(&ino, |_, n| {
-                *n -= 1;
-                *n == 0
-            });
-        }
+        self.passthrough_cache.release(fh);
     }
 }
 
@@ -189,6 +192,9 @@ impl Filesystem for StrataFs {
             // (which passes the layers' ACLs through): no getxattr round trip per `ls -l`.
             InitFlags::FUSE_POSIX_ACL,
         ] {
+            if cap == InitFlags::FUSE_POSIX_ACL && (self.noacl || self.no_xattrs) {
+                continue;
+            }
             let _ = config.add_capabilities(cap);
         }
         if self.passthrough {
@@ -235,17 +241,11 @@ impl Filesystem for StrataFs {
             Some(fh) => self.union.getattr_fh(ino.0, fh.0),
             None => self.union.getattr(ino.0),
         };
-        match r {
-            Ok(st) => reply.attr(&self.ttl, &self.attr(&st)),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(r, reply, |reply, st| reply.attr(&self.ttl, &self.attr(&st)))
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.union.readlink(ino.0) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(self.union.readlink(ino.0), reply, |reply, t| reply.data(&t))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -272,10 +272,9 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.union.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(self.union.read(fh.0, offset, size), reply, |reply, data| {
+            reply.data(&data)
+        })
     }
 
     fn flush(
@@ -329,10 +328,7 @@ impl Filesystem for StrataFs {
         let r = self.union.readdir(fh.0, offset, |ino, next, kind, name| {
             reply.add(INodeNo(ino), next, kind_of(kind), OsStr::from_bytes(name))
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(r, reply, |reply, ()| reply.ok())
     }
 
     fn readdirplus(
@@ -356,10 +352,7 @@ impl Filesystem for StrataFs {
                     Generation(node.generation),
                 )
             });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(r, reply, |reply, ()| reply.ok())
     }
 
     fn releasedir(
@@ -375,8 +368,8 @@ impl Filesystem for StrataFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.union.statfs() {
-            Ok(s) => reply.statfs(
+        answer(self.union.statfs(), reply, |reply, s| {
+            reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
                 s.f_bavail,
@@ -385,12 +378,14 @@ impl Filesystem for StrataFs {
                 s.f_bsize as u32,
                 s.f_namemax as u32,
                 s.f_frsize as u32,
-            ),
-            Err(e) => reply.error(errno(e)),
-        }
+            )
+        })
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.xattr_refused(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         let mut buf = vec![0u8; size as usize];
         match self.union.getxattr(ino.0, name.as_bytes(), &mut buf) {
             Ok(n) if size == 0 => reply.size(n as u32),
@@ -400,6 +395,9 @@ impl Filesystem for StrataFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if self.no_xattrs {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         match self.union.listxattr(ino.0) {
             Ok(list) if size == 0 => reply.size(list.len() as u32),
             Ok(list) if list.len() > size as usize => reply.error(Errno::ERANGE),
@@ -442,10 +440,9 @@ impl Filesystem for StrataFs {
             mtime: mtime.map(set_time),
             fh: fh.map(|f| f.0),
         };
-        match self.union.setattr(ino.0, &a) {
-            Ok(st) => reply.attr(&self.ttl, &self.attr(&st)),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(self.union.setattr(ino.0, &a), reply, |reply, st| {
+            reply.attr(&self.ttl, &self.attr(&st))
+        })
     }
 
     fn mknod(
@@ -458,10 +455,7 @@ impl Filesystem for StrataFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let who = match self.caller(req) {
-            Ok(w) => w,
-            Err(e) => return reply.error(e),
-        };
+        let who = self.caller(req);
         let r = self.union.mknod(parent.0, name, mode, rdev as u64, who);
         self.entry(r, reply);
     }
@@ -475,10 +469,8 @@ impl Filesystem for StrataFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.caller(req) {
-            Ok(who) => self.entry(self.union.mkdir(parent.0, name, mode, who), reply),
-            Err(e) => reply.error(e),
-        }
+        let who = self.caller(req);
+        self.entry(self.union.mkdir(parent.0, name, mode, who), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -497,10 +489,7 @@ impl Filesystem for StrataFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let who = match self.caller(req) {
-            Ok(w) => w,
-            Err(e) => return reply.error(e),
-        };
+        let who = self.caller(req);
         let r = self.union.symlink(parent.0, name, target.as_os_str(), who);
         self.entry(r, reply);
     }
@@ -554,10 +543,7 @@ impl Filesystem for StrataFs {
         flags: i32,
         reply: fuser::ReplyCreate,
     ) {
-        let who = match self.caller(req) {
-            Ok(w) => w,
-            Err(e) => return reply.error(e),
-        };
+        let who = self.caller(req);
         let (node, st, fh, file) = match self.union.create(parent.0, name, mode, flags, who) {
             Ok(v) => v,
             Err(e) => return reply.error(errno(e)),
@@ -594,10 +580,9 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
-        match self.union.write(fh.0, offset, data) {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(self.union.write(fh.0, offset, data), reply, |reply, n| {
+            reply.written(n as u32)
+        })
     }
 
     fn copy_file_range(
@@ -613,13 +598,12 @@ impl Filesystem for StrataFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: fuser::ReplyWrite,
     ) {
-        match self
-            .union
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
-        {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(
+            self.union
+                .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len),
+            reply,
+            |reply, n| reply.written(n as u32),
+        )
     }
 
     fn fallocate(
@@ -645,6 +629,9 @@ impl Filesystem for StrataFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if self.xattr_refused(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         empty(
             self.union.setxattr(ino.0, name.as_bytes(), value, flags),
             reply,
@@ -652,6 +639,9 @@ impl Filesystem for StrataFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.xattr_refused(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         empty(self.union.removexattr(ino.0, name.as_bytes()), reply);
     }
 
@@ -674,6 +664,9 @@ impl Filesystem for StrataFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if self.no_fsync {
+            return reply.ok();
+        }
         empty(self.union.fsync(fh.0, datasync), reply);
     }
 }
@@ -689,41 +682,91 @@ impl StrataFs {
         a
     }
 
-    /// The caller, as owner to store; EOVERFLOW for an id the mapping does not cover.
-    fn caller(&self, req: &Request) -> Result<Caller, Errno> {
-        match (
-            self.ids.stored_uid(req.uid()),
-            self.ids.stored_gid(req.gid()),
-        ) {
-            (Some(uid), Some(gid)) => Ok(Caller { uid, gid }),
-            _ => Err(Errno::EOVERFLOW),
+    /// The caller, as owner to store. One the mapping does not cover is stored as the
+    /// overflow id, as fuse-overlayfs does: podman creates a `--uidmap` container's `/etc`
+    /// as host root, outside the range, and chowns it afterwards.
+    fn caller(&self, req: &Request) -> Caller {
+        Caller {
+            uid: self.ids.stored_uid(req.uid()).unwrap_or(OVERFLOW_ID),
+            gid: self.ids.stored_gid(req.gid()).unwrap_or(OVERFLOW_ID),
         }
     }
 
     fn entry(&self, r: io::Result<(Arc<union::Node>, Stat)>, reply: ReplyEntry) {
-        match r {
-            Ok((node, st)) => reply.entry(&self.ttl, &self.attr(&st), Generation(node.generation)),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(r, reply, |reply, (node, st)| {
+            reply.entry(&self.ttl, &self.attr(&st), Generation(node.generation))
+        })
+    }
+}
+
+/// A fuser reply that can answer an errno (every reply type can; fuser has no trait for it).
+trait ErrorReply {
+    fn fail(self, e: Errno);
+}
+
+macro_rules! error_reply {
+    ($($t:ty),*) => {
+        $(impl ErrorReply for $t {
+            fn fail(self, e: Errno) {
+                self.error(e)
+            }
+        })*
+    };
+}
+
+error_reply!(
+    ReplyAttr,
+    ReplyData,
+    ReplyDirectory,
+    ReplyDirectoryPlus,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyStatfs,
+    fuser::ReplyWrite
+);
+
+/// Replies with `ok(reply, value)`, or with the error's errno: the error arm written once.
+fn answer<T, R: ErrorReply>(r: io::Result<T>, reply: R, ok: impl FnOnce(R, T)) {
+    match r {
+        Ok(v) => ok(reply, v),
+        Err(e) => reply.fail(errno(e)),
     }
 }
 
 fn empty(r: io::Result<()>, reply: ReplyEmpty) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(e)),
-    }
+    answer(r, reply, |reply, ()| reply.ok())
 }
 
 fn set_time(t: fuser::TimeOrNow) -> SetTime {
     match t {
         fuser::TimeOrNow::Now => SetTime::Now,
-        fuser::TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos() as i64),
-            Err(e) => {
-                let d = e.duration();
-                SetTime::At(-(d.as_secs() as i64), d.subsec_nanos() as i64)
-            }
-        },
+        fuser::TimeOrNow::SpecificTime(t) => {
+            let (sec, nsec) = request_timespec(t);
+            SetTime::At(sec, nsec)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_before_1970_keep_their_fraction() {
+        let before = |d: f64| UNIX_EPOCH - Duration::from_secs_f64(d);
+        // Replies: -1.5 s is one and a half seconds before the epoch, not 2.5 or 0.5.
+        assert_eq!(time(-2, 500_000_000), before(1.5));
+        assert_eq!(time(-1, 0), before(1.0));
+        assert_eq!(
+            time(1, 500_000_000),
+            UNIX_EPOCH + Duration::from_millis(1500)
+        );
+        // Requests, as fuser 0.18 hands them over: {-2, 5e8} arrives as epoch - 2.5 s.
+        assert_eq!(request_timespec(before(2.5)), (-2, 500_000_000));
+        assert_eq!(request_timespec(before(1.0)), (-1, 0));
+        assert_eq!(
+            request_timespec(UNIX_EPOCH + Duration::from_millis(1500)),
+            (1, 500_000_000)
+        );
     }
 }

@@ -12,7 +12,7 @@ use fuser::{Config, MountOption, SessionACL};
 use crate::fuse::StrataFs;
 use crate::options::{MountOptions, OptionError};
 use crate::sys::{self, Forked};
-use crate::union::{Stack, Union};
+use crate::union::{Stack, Union, UnionOptions};
 
 /// Everything that can stop a mount, each naming the path at fault.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,11 @@ pub enum MountError {
     UpperWorkPair,
     #[error("workdir {work} is not on the same filesystem as upperdir {upper}")]
     WorkOtherFs { work: PathBuf, upper: PathBuf },
+    #[error(
+        "workdir {0}: a volatile mount of this upper did not stop cleanly ({0}/work/incompat/volatile \
+         is there), so its writes may be incomplete; remove that directory to mount anyway"
+    )]
+    VolatileLeftover(PathBuf),
     #[error("mounting on {path}: {cause}")]
     Mount { path: PathBuf, cause: io::Error },
     #[error("starting the background daemon: {0}")]
@@ -130,6 +135,9 @@ fn check(req: &MountRequest) -> Result<Checked, MountError> {
                         cause,
                     })
             };
+            if volatile_marker_exists(&wp) {
+                return Err(MountError::VolatileLeftover(w.clone()));
+            }
             if dev(&up, "upperdir")? != dev(&wp, "workdir")? {
                 return Err(MountError::WorkOtherFs {
                     work: w.clone(),
@@ -219,6 +227,14 @@ fn fuse_config(req: &MountRequest, has_upper: bool) -> Config {
     if o.noatime {
         opts.push(MountOption::NoAtime);
     }
+    // The kernel labels the mount itself where SELinux runs; elsewhere there is nothing to
+    // label with and it would refuse the options, so they are accepted and left out.
+    if Path::new("/sys/fs/selinux/enforce").exists() {
+        for (key, label) in &o.selinux {
+            let label = label.to_string_lossy();
+            opts.push(MountOption::CUSTOM(format!("{key}=\"{label}\"")));
+        }
+    }
     let mut cfg = Config::default();
     cfg.mount_options = opts;
     // As root, everyone may use the mount, as with kernel overlayfs (a rootful container runs
@@ -281,7 +297,17 @@ fn filesystem(
     // Every directory the kernel holds may want an fd: take all the fds we may have, then
     // size the directory fd cache from that (see union::dircache).
     let (before, now, hard) = sys::raise_nofile();
-    let union = Union::new(stack, req.options.whiteout).map_err(|cause| MountError::Path {
+    let o = &req.options;
+    let opts = UnionOptions {
+        whiteout: o.whiteout,
+        no_metacopy: o.no_metacopy,
+        userxattr: o.userxattr,
+        static_nlink: o.static_nlink,
+        no_redirect: o.no_redirect,
+        xattr_permissions: o.xattr_permissions,
+        dir_fds: None,
+    };
+    let union = Union::with_options(stack, &opts).map_err(|cause| MountError::Path {
         role: "layer stack",
         path: c.lowers[0].clone(),
         cause,
@@ -312,7 +338,7 @@ fn filesystem(
         // Nothing can change a lower-only union: let the kernel cache it for good.
         Duration::from_secs(86400)
     });
-    let fs = StrataFs::new(union, ttl, sys::is_root(), req.options.ids.clone());
+    let fs = StrataFs::new(union, ttl, sys::is_root(), o.ids.clone()).tune(o);
     Ok((fs, fuse_config(req, has_upper)))
 }
 
@@ -327,7 +353,28 @@ fn serve(
         path: req.mountpoint.clone(),
         cause,
     };
-    let mut session = fuser::Session::new(fs, &c.mountpoint, &cfg).map_err(mount_err)?;
+    // Marked before the mount is visible (after the union cleared the workdir's staging
+    // area), unmarked again if it never comes up: that mount lost nothing.
+    let volatile = match (&c.upper, req.options.volatile) {
+        (Some((upper, work)), true) => {
+            mark_volatile(work).map_err(|cause| MountError::Path {
+                role: "workdir",
+                path: work.clone(),
+                cause,
+            })?;
+            Some((upper.clone(), work.clone()))
+        }
+        _ => None,
+    };
+    let mut session = match fuser::Session::new(fs, &c.mountpoint, &cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some((_, work)) = &volatile {
+                let _ = std::fs::remove_dir(volatile_marker(work));
+            }
+            return Err(mount_err(e));
+        }
+    };
     // SIGINT/SIGTERM/SIGHUP unmount cleanly; the session then ends by itself.
     let mut unmounter = session.unmount_callable();
     let mut signals = signal_hook::iterator::Signals::new([
@@ -347,7 +394,35 @@ fn serve(
         drop(report);
         let _ = sys::stdio_to_devnull();
     }
-    session.run().map_err(mount_err)
+    let r = session.run().map_err(mount_err);
+    // A clean stop: once the upper is on disk nothing was lost, so the next mount may go on.
+    if let Some((upper, work)) = volatile
+        && r.is_ok()
+        && sync_dir(&upper).is_ok()
+    {
+        let _ = std::fs::remove_dir(volatile_marker(&work));
+    }
+    r
+}
+
+/// The kernel's marker of a volatile mount, `WORKDIR/work/incompat/volatile`: while it is
+/// there the upper may miss writes the mount acknowledged.
+fn volatile_marker(work: &Path) -> PathBuf {
+    work.join("work/incompat/volatile")
+}
+
+fn volatile_marker_exists(work: &Path) -> bool {
+    std::fs::symlink_metadata(volatile_marker(work)).is_ok()
+}
+
+fn mark_volatile(work: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(volatile_marker(work))
+}
+
+/// syncfs(2) of the filesystem holding `dir`.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    let d = std::fs::File::open(dir)?;
+    rustix::fs::syncfs(&d).map_err(io::Error::from)
 }
 
 /// Mounts and serves from threads of the calling process (for `strata run`, whose mount lives

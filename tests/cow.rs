@@ -35,6 +35,22 @@ fn layers(fx: &Fixture) {
     write(&low.join("big"), &vec![7u8; 3 << 20]);
 }
 
+/// copy_file_range(2) of all of `src` into a new `dst`: bytes copied and whether the copy
+/// reads back equal.
+fn copy_all(src: &Path, dst: &Path) -> std::io::Result<String> {
+    let from = fs::File::open(src)?;
+    let to = fs::File::create(dst)?;
+    let mut total = 0;
+    loop {
+        let n = rustix::fs::copy_file_range(&from, None, &to, None, 1 << 20)?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    Ok(format!("{total} {}", fs::read(dst)? == fs::read(src)?))
+}
+
 /// Applies the sequence under `m`; each step's observable result as a line.
 fn script(m: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -84,22 +100,7 @@ fn script(m: &Path) -> Vec<String> {
     );
     log(
         "copy_file_range",
-        (|| {
-            let from = fs::File::open(m.join("big"))?;
-            let to = fs::File::create(m.join("copied"))?;
-            let mut total = 0;
-            loop {
-                let n = rustix::fs::copy_file_range(&from, None, &to, None, 1 << 20)?;
-                if n == 0 {
-                    break;
-                }
-                total += n;
-            }
-            Ok(format!(
-                "{total} {}",
-                fs::read(m.join("copied"))? == fs::read(m.join("big"))?
-            ))
-        })(),
+        copy_all(&m.join("big"), &m.join("copied")),
     );
     log(
         "mkdir+file",
@@ -489,11 +490,17 @@ fn id_mapping_options() {
         )
         .unwrap()
     };
+    // fuse-overlayfs's order (checked against fuse-overlayfs 1.10): `uidmapping=0:1000:10`
+    // shows owners stored as 0..10 as 1000..1010.
     write(&fx.layer(0).join("mapped"), b"m");
-    own(&fx.layer(0).join("mapped"), 1000, 1000);
+    own(&fx.layer(0).join("mapped"), 5, 5);
     write(&fx.layer(0).join("outside"), b"o");
-    own(&fx.layer(0).join("outside"), 5, 5);
+    own(&fx.layer(0).join("outside"), 1000, 1000);
+    for r in fx.roots() {
+        chmod(r, 0o755);
+    }
     let (u, w, m) = (fx.path("u"), fx.path("w"), fx.path("m"));
+    chmod(&u, 0o777);
     let mut opt = lowerdir_opt(&fx.layers);
     opt.extend_from_slice(
         format!(
@@ -511,17 +518,24 @@ fn id_mapping_options() {
         &m,
     );
     let md = |p: &str| fs::symlink_metadata(s.mnt.join(p)).unwrap();
-    assert_eq!((md("mapped").uid(), md("mapped").gid()), (0, 0));
+    assert_eq!((md("mapped").uid(), md("mapped").gid()), (1005, 1005));
     assert_eq!(
         md("outside").uid(),
         65534,
         "unmapped owners show as the overflow id"
     );
-    fs::write(s.mnt.join("new"), b"n").unwrap();
-    assert_eq!(md("new").uid(), 0);
+    // A file made by (shown) uid 1003 is stored as 3.
+    let made = std::process::Command::new("setpriv")
+        .args(["--reuid=1003", "--regid=1003", "--clear-groups", "--"])
+        .args(["sh", "-c", "echo n > \"$0\"/new"])
+        .arg(&s.mnt)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert_eq!(md("new").uid(), 1003);
     assert_eq!(
         fs::symlink_metadata(u.join("new")).unwrap().uid(),
-        1000,
+        3,
         "stored mapped"
     );
     let e = rustix::fs::chownat(
@@ -713,7 +727,9 @@ fn posix_acls_are_enforced_like_the_kernel() {
         return;
     }
     let fx = Fixture::new(2);
-    fs::set_permissions(fx.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    for root in fx.roots() {
+        fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let f = fx.layers[1].join("secret");
     write(&f, b"for user 1000\n");
     fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
@@ -755,4 +771,73 @@ fn posix_acls_are_enforced_like_the_kernel() {
     }
     drop(s);
     drop(k);
+}
+
+/// copy_file_range from a file only in a lower layer into a new upper file. With the layers
+/// and the upper on different filesystems kernel overlayfs answers EXDEV (callers such as cp
+/// then copy by hand); the FUSE kernel module falls back to a splice copy on EXDEV anyway, so
+/// strata copies itself, with explicit offsets, and the data must arrive whole.
+#[test]
+fn copy_file_range_from_a_lower_file() {
+    if !require_mount_env() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    let data: Vec<u8> = (0..(5 << 20) + 7).map(|i| (i * 13 % 251) as u8).collect();
+    write(&fx.layer(0).join("src"), &data);
+    let (u, w, m) = (fx.path("u"), fx.path("w"), fx.path("m"));
+    let s = StrataMount::with_upper(&fx.layers, &u, &w, &m);
+    let got = copy_all(&s.mnt.join("src"), &s.mnt.join("dst")).unwrap();
+    assert_eq!(got, format!("{} true", data.len()));
+    assert!(!u.join("src").exists(), "the source was copied up");
+    drop(s);
+    assert_eq!(
+        fs::read(u.join("dst")).unwrap(),
+        data,
+        "upper file after unmount"
+    );
+}
+
+/// utimensat to times before 1970, with and without a fraction, reads back as through kernel
+/// overlayfs (fuser hands pre-1970 request times over in a form of its own).
+#[test]
+fn times_before_1970_match_kernel() {
+    if !require_mount_env() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    write(&fx.layer(0).join("f"), b"f");
+    let (ku, kw, km) = (fx.path("ku"), fx.path("kw"), fx.path("km"));
+    let (su, sw, sm) = (fx.path("su"), fx.path("sw"), fx.path("sm"));
+    let k = KernelOverlay::with_upper(&fx.layers, &ku, &kw, &km);
+    let s = StrataMount::with_upper(&fx.layers, &su, &sw, &sm);
+    let stamp = |m: &Path, sec: i64, nsec: i64| {
+        let t = rustix::fs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec as _,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            m.join("f"),
+            &times,
+            rustix::fs::AtFlags::empty(),
+        )
+        .unwrap();
+        let md = fs::metadata(m.join("f")).unwrap();
+        (md.mtime(), md.mtime_nsec(), md.atime(), md.atime_nsec())
+    };
+    for (sec, nsec) in [
+        (-2, 500_000_000),
+        (-1, 0),
+        (-86_400 * 365, 999_999_999),
+        (5, 1),
+    ] {
+        let want = stamp(&k.mnt, sec, nsec);
+        assert_eq!(want, (sec, nsec, sec, nsec), "kernel");
+        assert_eq!(stamp(&s.mnt, sec, nsec), want, "strata at {sec}.{nsec:09}");
+    }
 }

@@ -17,14 +17,6 @@ fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
 
-/// Kills the daemon (our child) and detaches its dead mount.
-fn crash(m: StrataMount) {
-    let pid = rustix::process::Pid::from_raw(m.pid() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
-    let _ = rustix::mount::unmount(&m.mnt, rustix::mount::UnmountFlags::DETACH);
-    drop(m);
-}
-
 #[test]
 fn sigkill_during_copy_up_leaves_old_or_complete_file() {
     if !require_mount_env() {
@@ -50,7 +42,7 @@ fn sigkill_during_copy_up_leaves_old_or_complete_file() {
             }
         });
         std::thread::sleep(Duration::from_millis(5 + round * 40));
-        crash(m);
+        m.crash();
         let _ = writer.join();
         // A staged copy left behind means the kill landed inside a copy-up.
         if fs::read_dir(w.join("work")).unwrap().count() > 0 {
@@ -124,7 +116,7 @@ fn sigkill_during_directory_renames_keeps_one_whole_tree() {
             }
         });
         std::thread::sleep(Duration::from_millis(20 + round * 30));
-        crash(m);
+        m.crash();
         let _ = mover.join();
         let m = StrataMount::with_upper(&fx.layers, &u, &w, &mnt);
         let names = tree_names(&mnt);

@@ -475,6 +475,7 @@ fn check(ops: &[Op], env: &[(&str, &str)]) -> Result<(), TestCaseError> {
     assert_same(&want, &got, "final tree");
     drop(k);
     prop_assert!(s.stop().success());
+    assert_upper_data(&su, &want, "strata's upper");
     let s = strata();
     assert_same(&want, &snapshot(&s.mnt), "after remount");
     drop(s);

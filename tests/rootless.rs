@@ -82,12 +82,20 @@ fn unprivileged_user_namespace() {
     for d in ["u", "w", "m"] {
         fx.path(d);
     }
-    fs::copy(STRATA, fx.dir.path().join("strata")).unwrap();
-    chown_tree(fx.dir.path());
-    let mount = "./strata -o lowerdir=l0:l1,upperdir=u,workdir=w m";
+    fs::copy(STRATA, fx.side.path().join("strata")).unwrap();
+    for root in fx.roots() {
+        chown_tree(root);
+    }
+    // Run from the upper side's dir; the layers may be on another filesystem.
+    let lowers = lower_views(&fx.layers);
+    let mount = format!(
+        "./strata -o lowerdir={}:{},upperdir=u,workdir=w m",
+        lowers[0].display(),
+        lowers[1].display()
+    );
     let list = "find m | LC_ALL=C sort; cat m/g";
     let first = as_unprivileged(
-        fx.dir.path(),
+        fx.side.path(),
         &format!(
             "{mount}
              echo appended >> m/f
@@ -100,13 +108,13 @@ fn unprivileged_user_namespace() {
     let want = "m\nm/d\nm/d/n\nm/e2\nm/e2/sub\nm/e2/sub/s\nm/g\nm/lnk\nlow\nappended\n";
     assert_eq!(first, want, "view after the changes");
     let again = as_unprivileged(
-        fx.dir.path(),
+        fx.side.path(),
         &format!("{mount}\n{list}\n./strata umount m"),
     );
     assert_eq!(again, want, "view after remount");
-    assert!(!is_mounted(&fx.dir.path().join("m")));
+    assert!(!is_mounted(&fx.side.path().join("m")));
     // The union's own xattrs are in the user namespace, never trusted.*.
-    let upper = fx.dir.path().join("u");
+    let upper = fx.side.path().join("u");
     let mut names = Vec::new();
     for p in [upper.join("d"), upper.join("e2"), upper.join("g")] {
         names.extend(

@@ -24,11 +24,7 @@ impl Box {
         if !require_mount_env() {
             return None;
         }
-        if !Path::new(BUSYBOX).exists() {
-            eprintln!(
-                "SKIP {}: {BUSYBOX} missing (scripts/setup.sh installs busybox-static)",
-                test_name()
-            );
+        if !require_busybox(BUSYBOX) {
             return None;
         }
         let fx = Fixture::new(1);
@@ -347,7 +343,7 @@ fn rootless_run_as_unprivileged_user() {
         std::os::unix::fs::PermissionsExt::from_mode(0o666),
     )
     .unwrap();
-    for p in [b.fx.dir.path(), &b.scratch] {
+    for p in [b.fx.dir.path(), b.fx.side.path(), &b.scratch] {
         fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     }
     // Files the layer's (host) root owns are not ours inside: write where anyone may.

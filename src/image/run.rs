@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use super::error::{Result, invalid, io_err};
 use super::merged::Merged;
 use super::store::Store;
+use crate::passwd;
 
 /// docker's PATH for images whose config sets none.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -99,34 +100,25 @@ pub fn resolve_user(lowers: &[PathBuf], spec: &str) -> Result<(u32, u32)> {
             .map(|d| String::from_utf8_lossy(&d.unwrap_or_default()).into_owned())
     };
     let passwd = read("/etc/passwd")?;
-    // name:pw:uid:gid:...
-    let entry = passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| {
-            f.len() >= 4
-                && (f[0] == user || user.parse::<u32>().is_ok_and(|u| f[2].parse() == Ok(u)))
-        });
+    let entry = passwd::find_user(&passwd, user);
     let uid = match (user.parse::<u32>(), &entry) {
         (Ok(u), _) => u,
-        (Err(_), Some(f)) => f[2]
-            .parse()
-            .map_err(|_| invalid(what(), "its /etc/passwd entry has no numeric uid"))?,
+        (Err(_), Some(u)) => u
+            .uid
+            .ok_or_else(|| invalid(what(), "its /etc/passwd entry has no numeric uid"))?,
         (Err(_), None) => return Err(invalid(what(), "no such user in the image's /etc/passwd")),
     };
     let gid = match group {
         Some(g) if g.parse::<u32>().is_ok() => g.parse().unwrap_or(0),
         Some(g) => {
             let groups = read("/etc/group")?;
-            let f = groups
-                .lines()
-                .map(|l| l.split(':').collect::<Vec<_>>())
-                .find(|f| f.len() >= 3 && f[0] == g)
-                .ok_or_else(|| invalid(what(), "no such group in the image's /etc/group"))?;
-            f[2].parse()
-                .map_err(|_| invalid(what(), "its /etc/group entry has no numeric gid"))?
+            passwd::find_group(&groups, g)
+                .ok_or_else(|| invalid(what(), "no such group in the image's /etc/group"))?
+                .gid
+                .ok_or_else(|| invalid(what(), "its /etc/group entry has no numeric gid"))?
         }
-        None => entry.and_then(|f| f[3].parse().ok()).unwrap_or(0),
+        // As docker: the user's primary group, or 0 for a uid passwd does not list.
+        None => entry.and_then(|u| u.gid).unwrap_or(0),
     };
     Ok((uid, gid))
 }

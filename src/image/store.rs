@@ -187,12 +187,16 @@ impl Store {
             );
             let path = self.root.join("tmp").join(id);
             fs::create_dir(&path).map_err(io_err("creating staging directory", &path))?;
-            let fd = rustix::fs::open(
+            let fd = match rustix::fs::open(
                 &path,
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
                 Mode::empty(),
-            )
-            .map_err(|e| io_err("opening staging directory", &path)(e.into()))?;
+            ) {
+                Ok(fd) => fd,
+                // A cleaner took it for stale between mkdir and open: start over.
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(io_err("opening staging directory", &path)(e.into())),
+            };
             rustix::fs::flock(&fd, FlockOperation::LockExclusive)
                 .map_err(|e| io_err("locking staging directory", &path)(e.into()))?;
             // A cleaner may have taken it for stale between mkdir and flock: then start over.

@@ -9,12 +9,13 @@
 //!   masks, binds), pivots into it, forks the command, relays signals and reaps zombies.
 
 mod cgroup;
+mod handshake;
 mod init;
 mod rootfs;
 mod userns;
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rustix::process::{Pid, WaitOptions, waitpid};
@@ -23,6 +24,7 @@ use rustix::thread::UnshareFlags;
 use crate::mount::{MountError, MountRequest};
 use crate::options::MountOptions;
 use crate::sys::{self, Forked};
+use handshake::Msg;
 
 /// Resource limits; None means unlimited.
 #[derive(Clone, Debug, Default)]
@@ -104,6 +106,9 @@ pub enum RunError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    /// A step that works on no path (the hostname, the loopback device, privileges).
+    #[error("{step}: {cause}")]
+    Step { step: String, cause: std::io::Error },
     #[error("starting the container: {0}")]
     Process(std::io::Error),
 }
@@ -288,9 +293,12 @@ pub fn run(spec: &RunSpec) -> Result<i32, RunError> {
         Forked::Parent(pid) => pid,
     };
     drop(go_rd);
-    // Until "go" is written, any error here closes the pipe and the relay exits.
+    // Until `Go` is sent, the relay waits; on any error here it is told why and exits.
     let mut go = std::fs::File::from(go_wr);
     let started = supervise(spec, &scratch, relay, &mut go, squash);
+    if let Err(e) = &started {
+        let _ = handshake::send(&mut go, &Msg::Fail(e.to_string()));
+    }
     drop(go);
     let (session, cgroup) = match started {
         Ok(v) => v,
@@ -321,7 +329,7 @@ pub fn run(spec: &RunSpec) -> Result<i32, RunError> {
     Ok(code)
 }
 
-/// The supervisor's part once the relay exists: cgroup, mount, signal relay, then "go".
+/// The supervisor's part once the relay exists: cgroup, mount, signal relay, then `Go`.
 fn supervise(
     spec: &RunSpec,
     scratch: &Scratch,
@@ -358,16 +366,15 @@ fn supervise(
             }
         }
     });
-    go.write_all(b"go").map_err(RunError::Process)?;
+    handshake::send(go, &Msg::Go).map_err(RunError::Process)?;
     Ok((session, cgroup))
 }
 
 /// The relay child and, below it, PID 1. Never returns.
 fn child(spec: &RunSpec, root: &Path, go: std::os::fd::OwnedFd, rootless: bool) -> ! {
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
-    let mut buf = [0u8; 2];
-    let ok = std::fs::File::from(go).read(&mut buf).is_ok_and(|n| n == 2) && &buf == b"go";
-    if !ok {
+    // The supervisor reports its own failure; the relay only stops.
+    if handshake::recv(&mut std::fs::File::from(go)) != Msg::Go {
         std::process::exit(125);
     }
     let mut flags = UnshareFlags::NEWNS
@@ -416,33 +423,25 @@ fn child(spec: &RunSpec, root: &Path, go: std::os::fd::OwnedFd, rootless: bool) 
 /// Inside the new namespaces, before the command: name, network, root, privileges.
 fn pid1_setup(spec: &RunSpec, root: &Path, rootless: bool) -> Result<(), RunError> {
     let host = spec.hostname.as_deref().unwrap_or("strata");
-    rustix::system::sethostname(host.as_bytes()).map_err(|e| RunError::Setup {
-        step: "setting the hostname",
-        path: PathBuf::from(host),
+    rustix::system::sethostname(host.as_bytes()).map_err(|e| RunError::Step {
+        step: format!("setting the hostname {host:?}"),
         cause: e.into(),
     })?;
     if spec.net == Net::None {
-        sys::loopback_up().map_err(|cause| RunError::Setup {
-            step: "bringing up",
-            path: PathBuf::from("lo"),
+        sys::loopback_up().map_err(|cause| RunError::Step {
+            step: "bringing up the loopback device".into(),
             cause,
         })?;
     }
-    rootfs::prepare(root, &spec.binds, rootless)?;
-    rootfs::pivot(root, spec.read_only)?;
-    if let Some(w) = &spec.workdir {
-        rootfs::enter_workdir(w)?;
-    }
-    // docker's default capability set: what root inside may still do.
-    const KEEP: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
-    sys::limit_bounding_set(KEEP).map_err(|cause| RunError::Setup {
-        step: "dropping capabilities",
-        path: PathBuf::from("/"),
+    let root = rootfs::prepare(root, &spec.binds, spec.workdir.as_deref(), rootless)?;
+    rootfs::pivot(&root, spec.read_only)?;
+    drop(root);
+    sys::limit_bounding_set(sys::caps::DOCKER_DEFAULT).map_err(|cause| RunError::Step {
+        step: "dropping capabilities".into(),
         cause,
     })?;
-    rustix::thread::set_no_new_privs(true).map_err(|e| RunError::Setup {
-        step: "setting no_new_privs",
-        path: PathBuf::from("/"),
+    rustix::thread::set_no_new_privs(true).map_err(|e| RunError::Step {
+        step: "setting no_new_privs".into(),
         cause: e.into(),
     })?;
     Ok(())
@@ -485,5 +484,61 @@ fn mount_request(scratch: &Scratch, spec: &RunSpec, squash: bool) -> MountReques
         foreground: true,
         // A container start is latency-bound; the kernel queues requests for the ones there are.
         threads: sys::cpu_count().clamp(2, 4),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("256M").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512KiB").unwrap(), 512 << 10);
+        assert_eq!(parse_size(" 2T ").unwrap(), 2 << 40);
+        for bad in ["", "M", "12XB", "-1", "0", "1.5G", "99999999999999T"] {
+            assert!(
+                matches!(
+                    parse_size(bad),
+                    Err(RunError::BadValue { what: "size", .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn users() {
+        assert_eq!(parse_user("1000").unwrap(), (1000, 1000));
+        assert_eq!(parse_user("0:100").unwrap(), (0, 100));
+        for bad in ["", "root", "1000:", ":5", "1:2:3", "-1"] {
+            assert!(parse_user(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn binds() {
+        let src = std::env::temp_dir();
+        let s = src.display();
+        let b = parse_bind(&format!("{s}:/data")).unwrap();
+        assert_eq!((b.dst.as_path(), b.read_only), (Path::new("/data"), false));
+        assert!(parse_bind(&format!("{s}:/data:ro")).unwrap().read_only);
+        assert!(!parse_bind(&format!("{s}:/data:rw")).unwrap().read_only);
+        for bad in [
+            format!("{s}"),
+            format!("{s}:data"),
+            format!("{s}:/data:rx"),
+            "/no/such/source/here:/data".to_owned(),
+        ] {
+            assert!(
+                matches!(
+                    parse_bind(&bad),
+                    Err(RunError::BadValue { what: "bind", .. })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -10,6 +10,7 @@ use rustix::process::{WaitOptions, waitpid};
 use rustix::thread::UnshareFlags;
 
 use super::RunError;
+use super::handshake::{self, Msg};
 use crate::sys::{self, Forked};
 
 fn ns_err(step: &'static str) -> impl FnOnce(std::io::Error) -> RunError {
@@ -30,10 +31,9 @@ fn subid_range(file: &str, name: Option<&str>, id: u32) -> Option<(u32, u32)> {
 /// The caller's user name, from /etc/passwd.
 fn user_name(uid: u32) -> Option<String> {
     let text = std::fs::read_to_string("/etc/passwd").ok()?;
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 2 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[0].to_owned())
-    })
+    crate::passwd::users(&text)
+        .find(|u| u.uid == Some(uid))
+        .map(|u| u.name.to_owned())
 }
 
 /// Whether the namespace got the subordinate ranges (true) or only the caller's id (false).
@@ -60,8 +60,9 @@ pub fn enter() -> Result<bool, RunError> {
             match sys::fork().map_err(ns_err("forking the id-map helper"))? {
                 Forked::Child => {
                     drop(wr);
-                    let mut b = [0u8; 1];
-                    let _ = std::io::Read::read(&mut std::fs::File::from(rd), &mut b);
+                    if handshake::recv(&mut std::fs::File::from(rd)) != Msg::Go {
+                        std::process::exit(1);
+                    }
                     let map = |tool: &str, id: u32, start: u32, count: u32| {
                         Command::new(tool)
                             .args([&me, "0", &id.to_string(), "1", "1"])
@@ -73,22 +74,31 @@ pub fn enter() -> Result<bool, RunError> {
                         && map("/usr/bin/newgidmap", gid, gs, gc);
                     std::process::exit(if ok { 0 } else { 1 });
                 }
-                Forked::Parent(pid) => Some((pid, wr)),
+                Forked::Parent(pid) => Some((pid, std::fs::File::from(wr))),
             }
         }
         None => None,
     };
-    sys::unshare(UnshareFlags::NEWUSER | UnshareFlags::NEWNS).map_err(ns_err("user and mount"))?;
-    if let Some((pid, wr)) = helper {
-        let _ = std::io::Write::write_all(&mut std::fs::File::from(wr), b"x");
+    let unshared = sys::unshare(UnshareFlags::NEWUSER | UnshareFlags::NEWNS);
+    if let Some((pid, mut wr)) = helper {
+        // The helper maps our ids only once we are in the new namespace.
+        let msg = match &unshared {
+            Ok(()) => Msg::Go,
+            Err(e) => Msg::Fail(e.to_string()),
+        };
+        let _ = handshake::send(&mut wr, &msg);
+        drop(wr);
         let ok = matches!(
             waitpid(Some(pid), WaitOptions::empty()),
             Ok(Some((_, st))) if st.exit_status() == Some(0)
         );
+        unshared.map_err(ns_err("user and mount"))?;
         if ok {
             return Ok(true);
         }
         eprintln!("strata: warning: newuidmap/newgidmap failed; mapping only your own id");
+    } else {
+        unshared.map_err(ns_err("user and mount"))?;
     }
     let w = |file: &str, s: String| std::fs::write(file, s).map_err(ns_err("writing the id maps"));
     w("/proc/self/setgroups", "deny".into())?;

@@ -20,6 +20,16 @@ pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// An `O_PATH` handle on a host path given by the user (a bind source, a host device): their
+/// own path, so its symlinks are followed, once; what is done with it then goes by the fd.
+pub fn open_host_path(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 /// An `O_PATH` handle on `name` inside `dir`, never following a symlink.
 pub fn open_path_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat(

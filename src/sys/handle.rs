@@ -65,6 +65,42 @@ pub fn fs_uuid(fd: BorrowedFd<'_>) -> [u8; 16] {
     if r == 0 && u.len as usize == 16 {
         u.uuid
     } else {
-        [0; 16]
+        btrfs_fsid(fd).unwrap_or([0; 16])
     }
+}
+
+/// btrfs sets its superblock's uuid (the one kernel overlayfs puts in origin records) to the
+/// filesystem's fsid but does not answer FS_IOC_GETFSUUID: ask BTRFS_IOC_FS_INFO instead.
+fn btrfs_fsid(fd: BorrowedFd<'_>) -> Option<[u8; 16]> {
+    const BTRFS_SUPER_MAGIC: u32 = 0x9123_683e;
+    if rustix::fs::fstatfs(fd).ok()?.f_type as u32 != BTRFS_SUPER_MAGIC {
+        return None;
+    }
+    // struct btrfs_ioctl_fs_info_args: max_id, num_devices, fsid[16], then fields we do not
+    // read, 1024 bytes in all.
+    #[repr(C)]
+    struct FsInfo {
+        max_id: u64,
+        num_devices: u64,
+        fsid: [u8; 16],
+        rest: [u8; 992],
+    }
+    // BTRFS_IOC_FS_INFO = _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args)
+    const BTRFS_IOC_FS_INFO: libc::c_ulong = 0x8400_941f;
+    let mut info = FsInfo {
+        max_id: 0,
+        num_devices: 0,
+        fsid: [0; 16],
+        rest: [0; 992],
+    };
+    // SAFETY: the ioctl writes at most 1024 bytes, size_of::<FsInfo>(), into `info`, a valid,
+    // owned buffer; with flags zero the kernel reads nothing from it but the flags field.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            BTRFS_IOC_FS_INFO as _,
+            &mut info as *mut FsInfo,
+        )
+    };
+    (r == 0).then_some(info.fsid)
 }

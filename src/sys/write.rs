@@ -202,52 +202,95 @@ pub fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> io::Result<()
 
 /// Copies all data of `from` into the empty file `to`: a reflink where the filesystem shares
 /// extents, else `copy_file_range` over the data segments only (found with SEEK_DATA/SEEK_HOLE,
-/// so holes stay holes), else read/write.
+/// so holes stay holes), else pread/pwrite. Every copy uses explicit offsets on both sides:
+/// SEEK_DATA/SEEK_HOLE move `from`'s file offset, so nothing may read through that offset.
 pub fn copy_data(from: &File, to: &File, len: u64) -> io::Result<()> {
     if len == 0 || rustix::fs::ioctl_ficlone(to, from).is_ok() {
         return Ok(());
     }
+    copy_segments(from, to, len, false)
+}
+
+fn copy_segments(from: &File, to: &File, len: u64, mut by_hand: bool) -> io::Result<()> {
     let mut pos = 0u64;
-    while pos < len {
-        let start = match rustix::fs::seek(from, rustix::fs::SeekFrom::Data(pos)) {
-            Ok(s) => s,
-            // No data after `pos`: the rest is a hole.
-            Err(rustix::io::Errno::NXIO) => break,
-            Err(_) if pos == 0 => return copy_by_hand(from, to),
-            Err(e) => return Err(e.into()),
-        };
-        let end = match rustix::fs::seek(from, rustix::fs::SeekFrom::Hole(start)) {
-            Ok(e) => e.min(len),
-            Err(_) => len,
-        };
-        let (mut off_in, mut off_out) = (start, start);
-        while off_in < end {
-            let want = (end - off_in).min(1 << 30) as usize;
-            match rustix::fs::copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), want)
-            {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(
-                    rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL,
-                ) if pos == 0 && off_in == start => {
-                    return copy_by_hand(from, to);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+    while let Some((start, end)) = next_data(from, pos, len)? {
+        copy_segment(from, to, start, end, &mut by_hand)?;
         pos = end;
     }
-    to.set_len(len)
+    to.set_len(len)?;
+    if cfg!(debug_assertions) {
+        verify_copy(from, to, len)?;
+    }
+    Ok(())
 }
 
-fn copy_by_hand(from: &File, to: &File) -> io::Result<()> {
-    let mut r = from.try_clone()?;
-    let mut w = to.try_clone()?;
-    io::copy(&mut r, &mut w).map(|_| ())
+/// The next data segment `[start, end)` of `from` at or after `pos`, clipped to `len`; `None`
+/// when only a hole is left. Without SEEK_DATA support everything counts as data.
+fn next_data(from: &File, pos: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
+    use rustix::fs::SeekFrom;
+    if pos >= len {
+        return Ok(None);
+    }
+    let start = match rustix::fs::seek(from, SeekFrom::Data(pos)) {
+        Ok(s) if s >= len => return Ok(None),
+        Ok(s) => s,
+        Err(rustix::io::Errno::NXIO) => return Ok(None),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
+            return Ok(Some((pos, len)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let end = match rustix::fs::seek(from, SeekFrom::Hole(start)) {
+        Ok(e) => e.min(len),
+        Err(_) => len,
+    };
+    Ok(Some((start, end)))
 }
 
-/// `copy_file_range` between two open files at explicit offsets; bytes copied.
-pub fn copy_range(
+/// Copies `[start, end)` to the same offsets of `to`: in the kernel while it can, by hand
+/// once it says the two files are on filesystems it cannot copy between.
+fn copy_segment(
+    from: &File,
+    to: &File,
+    start: u64,
+    end: u64,
+    by_hand: &mut bool,
+) -> io::Result<()> {
+    let mut off = start;
+    while off < end {
+        let want = (end - off).min(1 << 30) as usize;
+        let n = if *by_hand {
+            copy_by_hand(from, off, to, off, want)?
+        } else {
+            match copy_in_kernel(from, off, to, off, want) {
+                Err(e) if falls_back(&e) => {
+                    *by_hand = true;
+                    continue;
+                }
+                r => r?,
+            }
+        };
+        if n == 0 {
+            // The source ended before the length it had when the copy began.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("copy-up: source ended at {off}, expected {end} bytes"),
+            ));
+        }
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Errors of `copy_file_range` that mean "not between these two files": copy by hand.
+fn falls_back(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP)
+    )
+}
+
+fn copy_in_kernel(
     from: &File,
     off_in: u64,
     to: &File,
@@ -262,6 +305,62 @@ pub fn copy_range(
         Some(&mut o),
         len,
     )?)
+}
+
+/// pread/pwrite of up to `len` bytes (one buffer's worth) at explicit offsets; bytes copied,
+/// 0 at the end of `from`.
+fn copy_by_hand(
+    from: &File,
+    off_in: u64,
+    to: &File,
+    off_out: u64,
+    len: usize,
+) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len.min(1 << 20)];
+    let n = loop {
+        match from.read_at(&mut buf, off_in) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => break r?,
+        }
+    };
+    to.write_all_at(&buf[..n], off_out)?;
+    Ok(n)
+}
+
+/// Debug builds check every copy-up byte for byte: a copy that silently comes out short or
+/// wrong is data loss, and this is where it would be seen first.
+fn verify_copy(from: &File, to: &File, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let (mut a, mut b) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    let mut off = 0u64;
+    while off < len {
+        let want = ((len - off) as usize).min(a.len());
+        from.read_exact_at(&mut a[..want], off)?;
+        to.read_exact_at(&mut b[..want], off)?;
+        if a[..want] != b[..want] {
+            return Err(io::Error::other(format!(
+                "copy-up verification: data differs in the {want} bytes at offset {off}"
+            )));
+        }
+        off += want as u64;
+    }
+    Ok(())
+}
+
+/// `copy_file_range` between two open files at explicit offsets; bytes copied. Between files
+/// the kernel cannot copy across (a lower and the upper on two filesystems) it copies by hand.
+pub fn copy_range(
+    from: &File,
+    off_in: u64,
+    to: &File,
+    off_out: u64,
+    len: usize,
+) -> io::Result<usize> {
+    match copy_in_kernel(from, off_in, to, off_out, len) {
+        Err(e) if falls_back(&e) => copy_by_hand(from, off_in, to, off_out, len),
+        r => r,
+    }
 }
 
 /// Opens `name` in `dir` read-only, for copying its data (an empty name: the file `dir` is).
@@ -350,4 +449,64 @@ pub fn set_xattr_fd(fd: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<
         value,
         rustix::fs::XattrFlags::empty(),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// A sparse source with its offset moved to the end (as SEEK_DATA leaves it), copied by
+    /// hand as across filesystems: every data byte arrives and the length is kept.
+    fn sparse_copy(by_hand: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let src = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("src"))
+            .unwrap();
+        src.write_all_at(b"head", 0).unwrap();
+        src.write_all_at(b"tail", 3 << 20).unwrap();
+        let len = (3 << 20) + 4;
+        rustix::fs::seek(&src, rustix::fs::SeekFrom::End(0)).unwrap();
+        let dst = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("dst"))
+            .unwrap();
+        copy_segments(&src, &dst, len, by_hand).unwrap();
+        assert_eq!(dst.metadata().unwrap().len(), len);
+        let (mut a, mut b) = (vec![0u8; len as usize], vec![0u8; len as usize]);
+        src.read_exact_at(&mut a, 0).unwrap();
+        dst.read_exact_at(&mut b, 0).unwrap();
+        assert!(a == b, "copy differs (by_hand: {by_hand})");
+        assert_eq!(&b[..4], b"head");
+    }
+
+    #[test]
+    fn copy_by_hand_ignores_the_moved_offset() {
+        sparse_copy(true);
+    }
+
+    #[test]
+    fn copy_in_kernel_keeps_data() {
+        sparse_copy(false);
+    }
+
+    #[test]
+    fn copy_range_by_hand_at_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let from = File::open(&p).unwrap();
+        let to = tempfile::tempfile_in(dir.path()).unwrap();
+        assert_eq!(copy_by_hand(&from, 3, &to, 5, 4).unwrap(), 4);
+        let mut got = vec![0u8; 9];
+        to.read_exact_at(&mut got, 0).unwrap();
+        assert_eq!(&got, b"\x00\x00\x00\x00\x003456");
+    }
 }

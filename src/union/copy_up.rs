@@ -62,7 +62,7 @@ impl Union {
     /// upper copy without its data (a metacopy, in the kernel's format), so `chmod -R` over
     /// large files costs no data copy. The data follows when the file is opened for writing.
     pub(super) fn copy_up_meta(&self, node: &Arc<Node>) -> io::Result<()> {
-        self.copy_up_as(node, true)
+        self.copy_up_as(node, !self.no_metacopy)
     }
 
     fn copy_up_as(&self, node: &Arc<Node>, meta_only: bool) -> io::Result<()> {
@@ -172,7 +172,7 @@ impl Union {
         };
         let from = sys::open_for_copy(data.dir.fd()?.as_fd(), &data.name)?;
         let dfd = dir.fd()?;
-        let to = sys::open_file_at(dfd.as_fd(), name, libc::O_WRONLY)?;
+        let to = sys::open_file_at(dfd.as_fd(), name, libc::O_RDWR)?;
         let st = sys::stat_fd(to.as_fd())?;
         sys::copy_data(&from, &to, st.st_size as u64)?;
         sys::fsync(&to, true)?;
@@ -402,7 +402,7 @@ fn stage_object(
     match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => {
             let from = sys::open_for_copy(dir, name)?;
-            let to = sys::create_file_at(work, tmp, 0o600, libc::O_WRONLY)?;
+            let to = sys::create_file_at(work, tmp, 0o600, libc::O_RDWR)?;
             sys::copy_data(&from, &to, st.st_size as u64)
         }
         libc::S_IFLNK => {

@@ -9,6 +9,7 @@ mod inode;
 mod layer;
 mod lookup;
 mod ops;
+mod override_stat;
 mod readdir;
 
 use std::ffi::{OsStr, OsString};
@@ -46,6 +47,23 @@ pub struct Stack {
     /// The workdir (required with an upper, on the upper's filesystem).
     pub work: Option<OwnedFd>,
     pub lowers: Vec<OwnedFd>,
+}
+
+/// The mount options the union itself honours (the others are FUSE's or the mount's).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnionOptions {
+    pub whiteout: crate::options::WhiteoutFormat,
+    /// chmod/chown copy a lower file's data up too (`metacopy=off`).
+    pub no_metacopy: bool,
+    /// The union's own xattrs in `user.overlay.*` even where `trusted.` works.
+    pub userxattr: bool,
+    /// Directories report one link (`static_nlink`).
+    pub static_nlink: bool,
+    /// Directories with lower copies do not move (`redirect_dir=off|follow`): EXDEV.
+    pub no_redirect: bool,
+    pub xattr_permissions: crate::options::XattrPermissions,
+    /// Directory fds kept open at most (None: `STRATA_DIR_FDS`, else from `RLIMIT_NOFILE`).
+    pub dir_fds: Option<usize>,
 }
 
 /// Where copy-ups and new entries are staged, inside the workdir (the kernel's name for it,
@@ -97,13 +115,22 @@ pub struct Union {
     /// `workdir/index`: the kernel's hard-link index (`index=on`), kept alongside strata's so
     /// kernel overlayfs mounted over this upper sees hard-link groups as one file too.
     kernel_index: Option<Dir>,
+    no_metacopy: bool,
+    static_nlink: bool,
+    no_redirect: bool,
+    /// fuse-overlayfs's `override_stat` records, per layer.
+    overrides: override_stat::Overrides,
 }
 
 impl Union {
     /// A union whose directory fd cache has the configured size (`STRATA_DIR_FDS`, else
     /// derived from `RLIMIT_NOFILE`).
     pub fn new(stack: Stack, whiteout: crate::options::WhiteoutFormat) -> io::Result<Self> {
-        Self::with_dir_fds(stack, whiteout, dircache::configured_size())
+        let opts = UnionOptions {
+            whiteout,
+            ..UnionOptions::default()
+        };
+        Self::with_options(stack, &opts)
     }
 
     /// A union keeping at most about `dir_fds` directory fds open.
@@ -112,7 +139,16 @@ impl Union {
         whiteout: crate::options::WhiteoutFormat,
         dir_fds: usize,
     ) -> io::Result<Self> {
-        let cache = DirCache::new(dir_fds);
+        let opts = UnionOptions {
+            whiteout,
+            dir_fds: Some(dir_fds),
+            ..UnionOptions::default()
+        };
+        Self::with_options(stack, &opts)
+    }
+
+    pub fn with_options(stack: Stack, opts: &UnionOptions) -> io::Result<Self> {
+        let cache = DirCache::new(opts.dir_fds.unwrap_or_else(dircache::configured_size));
         let (work, index, kernel_index) = match (&stack.upper, &stack.work) {
             (Some(_), Some(w)) => (
                 Some(cache.fixed(prepare_work(w.as_fd())?)),
@@ -123,16 +159,17 @@ impl Union {
             (Some(_), None) => (None, None, None),
             _ => (None, None, None),
         };
-        let privileged = work
-            .as_ref()
-            .and_then(|w| w.fd().ok())
-            .is_some_and(|w| can_set_trusted(w.as_fd()));
+        let privileged = !opts.userxattr
+            && work
+                .as_ref()
+                .and_then(|w| w.fd().ok())
+                .is_some_and(|w| can_set_trusted(w.as_fd()));
         let prefix: &'static [u8] = if privileged {
             b"trusted.overlay."
         } else {
             b"user.overlay."
         };
-        let chardev_whiteouts = match (whiteout, &work) {
+        let chardev_whiteouts = match (opts.whiteout, &work) {
             (crate::options::WhiteoutFormat::Oci, _) | (_, None) => false,
             (crate::options::WhiteoutFormat::CharDev, _) => true,
             (crate::options::WhiteoutFormat::Auto, Some(w)) => {
@@ -160,6 +197,8 @@ impl Union {
         if layers.is_empty() {
             return Err(err(libc::EINVAL));
         }
+        let overrides =
+            override_stat::Overrides::for_layers(&layers, work.is_some(), opts.xattr_permissions)?;
         let u = Union {
             layers,
             nodes: NodeTable::new(),
@@ -178,6 +217,10 @@ impl Union {
             index,
             nlink_xattr: [prefix, b"strata.nlink"].concat(),
             kernel_index,
+            no_metacopy: opts.no_metacopy,
+            static_nlink: opts.static_nlink,
+            no_redirect: opts.no_redirect,
+            overrides,
         };
         // The root merges every layer; opacity of a layer root is ignored, as in the kernel.
         let mut copies = Vec::new();
@@ -391,6 +434,7 @@ impl Union {
     /// directories (their real link count cannot be known, the kernel does the same).
     fn fix_stat(&self, node: &Node, mut st: Stat) -> Stat {
         st.st_ino = node.ino;
+        self.override_stat(node, &mut st);
         if node.unlinked.load(Ordering::Relaxed) {
             st.st_nlink = 0;
         } else if node.hidden_link.lock().is_ok_and(|h| h.is_some()) {
@@ -729,7 +773,7 @@ impl Union {
     /// Reads xattr `key` into `buf` (size query when `buf` is empty). The union's own xattrs
     /// do not exist as far as users can tell; overlay-named ones are the user's, escaped.
     pub fn getxattr(&self, id: u64, key: &[u8], buf: &mut [u8]) -> io::Result<usize> {
-        if key.starts_with(b"user.fuseoverlayfs.") {
+        if key.starts_with(b"user.fuseoverlayfs.") || self.hides_xattr(key) {
             return Err(err(libc::ENODATA));
         }
         let key = stored_xattr_name(key);
@@ -741,7 +785,7 @@ impl Union {
         let all = self.xattr_target(id, sys::list_xattr_all)?;
         let mut out = Vec::with_capacity(all.len());
         for name in all.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            if let Some(shown) = shown_xattr_name(name) {
+            if let Some(shown) = shown_xattr_name(name).filter(|_| !self.hides_xattr(name)) {
                 out.extend_from_slice(&shown);
                 out.push(0);
             }

@@ -528,11 +528,13 @@ impl Union {
             }
         };
         let dir = dir.as_fd();
-        if a.uid.is_some() || a.gid.is_some() {
-            sys::chown_at(dir, &name, a.uid, a.gid)?;
-        }
-        if let Some(mode) = a.mode {
-            sys::chmod_at(dir, &name, mode & 0o7777)?;
+        if !self.record_owner_mode(id, dir, &name, a)? {
+            if a.uid.is_some() || a.gid.is_some() {
+                sys::chown_at(dir, &name, a.uid, a.gid)?;
+            }
+            if let Some(mode) = a.mode {
+                sys::chmod_at(dir, &name, mode & 0o7777)?;
+            }
         }
         if let Some(size) = a.size {
             match a
@@ -638,6 +640,10 @@ impl Union {
             Err(e) => return Err(e),
         };
         let r = (|| {
+            let exchanged = target.as_ref().filter(|_| mode == RenameMode::Exchange);
+            if self.pinned_dir(src) || exchanged.is_some_and(|t| self.pinned_dir(t)) {
+                return Err(err(libc::EXDEV));
+            }
             if let Some(t) = &target {
                 if Arc::ptr_eq(t, src) {
                     return Ok(());

@@ -48,6 +48,19 @@ pub fn require_mount_env() -> bool {
     root && fuse
 }
 
+/// Whether the static busybox that test container roots are made of is there; says SKIP when
+/// it is not.
+pub fn require_busybox(path: &str) -> bool {
+    let there = Path::new(path).exists();
+    if !there {
+        eprintln!(
+            "SKIP {}: {path} missing (scripts/setup.sh installs busybox-static)",
+            test_name()
+        );
+    }
+    there
+}
+
 /// Evicts unused dentries and inodes system-wide, so FUSE sends FORGETs and the next lookup
 /// reaches strata afresh: inode numbers must survive that.
 pub fn forget_caches() {
@@ -235,14 +248,14 @@ impl StrataMount {
 
     /// fuse-overlayfs form: `strata -f -o lowerdir=L0:L1... MNT` (top first).
     pub fn lowers(layers: &[PathBuf], mnt: &Path) -> StrataMount {
-        let opt = lowerdir_opt(layers);
+        let opt = lowerdir_opt(&lower_views(layers));
         StrataMount::start(&[OsStr::new("-o"), OsStr::from_bytes(&opt)], mnt)
     }
 
     /// Subcommand form: `strata mount -f --lower L0 --lower L1... MNT`.
     pub fn lower_flags(layers: &[PathBuf], mnt: &Path) -> StrataMount {
         let mut argv: Vec<OsString> = vec!["mount".into(), "-f".into()];
-        for l in layers {
+        for l in &lower_views(layers) {
             argv.push("--lower".into());
             argv.push(l.into());
         }
@@ -252,7 +265,7 @@ impl StrataMount {
 
     /// With a writable upper: `-o lowerdir=...,upperdir=U,workdir=W`.
     pub fn with_upper(layers: &[PathBuf], upper: &Path, work: &Path, mnt: &Path) -> StrataMount {
-        let opt = upper_opt(layers, upper, work);
+        let opt = upper_opt(&lower_views(layers), upper, work);
         StrataMount::start(&[OsStr::new("-o"), OsStr::from_bytes(&opt)], mnt)
     }
 
@@ -278,6 +291,15 @@ impl StrataMount {
             mnt.into(),
         ];
         StrataMount::spawn_env(&argv, mnt, env)
+    }
+
+    /// Kills the server (our child) with SIGKILL, an unclean stop, and detaches its dead
+    /// mount.
+    pub fn crash(self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        let _ = rustix::mount::unmount(&self.mnt, rustix::mount::UnmountFlags::DETACH);
     }
 
     pub fn pid(&self) -> u32 {
@@ -378,7 +400,7 @@ impl KernelOverlay {
     /// Lower layers only (read-only). The kernel refuses an upper-less mount with one lower
     /// ("at least 2 lowerdir are needed"), so a single layer gets an empty one below it.
     pub fn lowers(layers: &[PathBuf], mnt: &Path) -> KernelOverlay {
-        let mut layers = layers.to_vec();
+        let mut layers = lower_views(layers);
         if layers.len() == 1 {
             let empty = mnt.with_extension("empty-lower");
             mkdir(&empty);
@@ -389,7 +411,7 @@ impl KernelOverlay {
 
     /// With an upper, in the configuration strata matches (`redirect_dir=on,index=on`).
     pub fn with_upper(layers: &[PathBuf], upper: &Path, work: &Path, mnt: &Path) -> KernelOverlay {
-        let mut opt = upper_opt(layers, upper, work);
+        let mut opt = upper_opt(&lower_views(layers), upper, work);
         opt.extend_from_slice(b",redirect_dir=on,index=on");
         Self::mount(&opt, mnt)
     }
@@ -402,7 +424,7 @@ impl KernelOverlay {
         work: &Path,
         mnt: &Path,
     ) -> KernelOverlay {
-        let mut opt = upper_opt(layers, upper, work);
+        let mut opt = upper_opt(&lower_views(layers), upper, work);
         opt.extend_from_slice(b",redirect_dir=on,index=on,metacopy=on");
         Self::mount(&opt, mnt)
     }
@@ -708,7 +730,15 @@ pub fn kernel_snapshot(root: &Path) -> Tree {
     walk(root, true)
 }
 
+/// Whether `root` is kernel overlayfs over layers on more than one filesystem.
+fn kernel_xdev(root: &Path) -> bool {
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    let overlay = rustix::fs::statfs(root).is_ok_and(|s| s.f_type == OVERLAYFS_SUPER_MAGIC);
+    overlay && !layout().same_fs()
+}
+
 fn walk(root: &Path, skip_unfindable: bool) -> Tree {
+    let kernel_xdev = kernel_xdev(root);
     let mut tree = Tree::new();
     tree.insert(Vec::new(), entry(root).unwrap());
     let mut stack = vec![(root.to_path_buf(), Vec::new())];
@@ -731,7 +761,16 @@ fn walk(root: &Path, skip_unfindable: bool) -> Tree {
                 Err(err) => panic!("{} is listed, but lstat fails: {err}", show(&r)),
                 Ok(ent) => ent,
             };
-            assert_eq!(e.ino(), ent.ino, "d_ino != st_ino for {}", show(&r));
+            // The kernel keeps d_ino equal to st_ino only with all layers on one
+            // filesystem (or xino): overlayfs.rst, "Inode properties".
+            assert!(
+                kernel_xdev || e.ino() == ent.ino,
+                "d_ino {} != st_ino {} for {} in {}",
+                e.ino(),
+                ent.ino,
+                show(&r),
+                root.display()
+            );
             let d_type = mode_kind(e.file_type().unwrap());
             assert_eq!(
                 d_type,
@@ -873,6 +912,47 @@ pub fn assert_same(want: &Tree, got: &Tree, context: &str) {
 }
 
 /// Paths of a tree (root excluded, bytes escaped), for compact expectations.
+/// Every regular file strata copied up or wrote holds the data the merged view shows at its
+/// path: read straight from the upper directory, not through any mount. (Metacopies, which
+/// hold no data by design, and whiteouts are skipped.) Copy-up that loses data, as across
+/// filesystems it once did, fails here even where the mount's own view looks right.
+pub fn assert_upper_data(upper: &Path, view: &Tree, context: &str) {
+    let mut stack = vec![(upper.to_path_buf(), Vec::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display())) {
+            let e = e.unwrap();
+            let name = e.file_name();
+            let mut r: Vec<u8> = rel.clone();
+            if !r.is_empty() {
+                r.push(b'/');
+            }
+            r.extend_from_slice(name.as_bytes());
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push((e.path(), r));
+                continue;
+            }
+            let meta = xattrs(&e.path())
+                .iter()
+                .any(|(k, _)| k.ends_with(b"overlay.metacopy"));
+            if !ft.is_file() || meta || name.as_bytes().starts_with(b".wh.") {
+                continue;
+            }
+            let Some(want) = view.get(&r).and_then(|v| v.content.as_ref()) else {
+                continue;
+            };
+            let got = fs::read(e.path()).unwrap();
+            assert!(
+                &got == want,
+                "{context}: upper file {} holds {} bytes, the view shows {}",
+                show(&r),
+                got.len(),
+                want.len()
+            );
+        }
+    }
+}
+
 pub fn names(tree: &Tree) -> Vec<String> {
     tree.keys()
         .filter(|k| !k.is_empty())
@@ -917,37 +997,146 @@ pub fn assert_inos_stable(mnt: &Path, first: &Tree, context: &str) {
     );
 }
 
+// ---- filesystem layouts ----
+
+/// Where fixtures put their layers and their upper side (upper, work, mountpoints, scratch).
+/// `scripts/test.sh` runs the mount tests once per layout (`scripts/layouts.sh`): layers and
+/// upper on one filesystem, on two (ext4 and tmpfs either way, two tmpfs instances), on a
+/// reflinking xfs or btrfs, and layers on a read-only mount. Without the variables, both sides
+/// are /tmp (ext4 here).
+pub struct Layout {
+    pub name: String,
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    /// Unions get read-only bind mounts of the layers ([`lower_views`]).
+    pub lower_ro: bool,
+}
+
+impl Layout {
+    /// Whether layers and upper are on one filesystem.
+    pub fn same_fs(&self) -> bool {
+        let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
+        dev(&self.lower).is_some() && dev(&self.lower) == dev(&self.upper)
+    }
+}
+
+pub fn layout() -> &'static Layout {
+    static LAYOUT: std::sync::OnceLock<Layout> = std::sync::OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        let lower =
+            var("STRATA_TEST_LOWER_DIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+        let upper = var("STRATA_TEST_UPPER_DIR").map_or_else(|| lower.clone(), PathBuf::from);
+        let name = var("STRATA_TEST_LAYOUT")
+            .map_or_else(|| "same".to_owned(), |v| v.to_string_lossy().into_owned());
+        Layout {
+            name,
+            lower,
+            upper,
+            lower_ro: var("STRATA_TEST_LOWER_RO").is_some_and(|v| v == "1"),
+        }
+    })
+}
+
+/// Read-only views of layers made so far (layer -> view), unmounted by the fixture that owns
+/// them.
+static VIEWS: Mutex<BTreeMap<PathBuf, PathBuf>> = Mutex::new(BTreeMap::new());
+
+/// The paths to give a union as `layers`. In the read-only-lower layout each is a read-only
+/// bind mount of the layer beside it (`l0.ro`), as image layers on a squashfs or a read-only
+/// disk are; the test keeps writing to the layer itself. Otherwise the layers as they are.
+pub fn lower_views(layers: &[PathBuf]) -> Vec<PathBuf> {
+    use rustix::mount::{MountFlags, mount_bind, mount_remount};
+    if !layout().lower_ro {
+        return layers.to_vec();
+    }
+    let mut views = VIEWS.lock().unwrap_or_else(|e| e.into_inner());
+    layers
+        .iter()
+        .map(|l| {
+            if !l.starts_with(&layout().lower) {
+                return l.clone();
+            }
+            if let Some(v) = views.get(l) {
+                return v.clone();
+            }
+            let mut name = l.file_name().unwrap_or_default().to_os_string();
+            name.push(".ro");
+            let v = l.with_file_name(name);
+            mkdir(&v);
+            mount_bind(l, &v).unwrap_or_else(|e| panic!("bind {}: {e}", l.display()));
+            mount_remount(&v, MountFlags::BIND | MountFlags::RDONLY, "")
+                .unwrap_or_else(|e| panic!("remount {} read-only: {e}", v.display()));
+            views.insert(l.clone(), v.clone());
+            v
+        })
+        .collect()
+}
+
+fn drop_views_under(dir: &Path) {
+    let mut views = VIEWS.lock().unwrap_or_else(|e| e.into_inner());
+    let mine: Vec<PathBuf> = views
+        .keys()
+        .filter(|l| l.starts_with(dir))
+        .cloned()
+        .collect();
+    for l in mine {
+        if let Some(v) = views.remove(&l) {
+            unmount(&v);
+        }
+    }
+}
+
 // ---- fixtures ----
 
-/// A temp dir under /tmp (ext4 here: trusted.* xattrs and mknod work as root) holding `n`
-/// layer directories l0 (top) .. l{n-1}, and room for mountpoints.
+/// `n` layer directories l0 (top) .. l{n-1} in a temp dir on the layout's lower side, and a
+/// temp dir on its upper side for everything else ([`Fixture::path`]).
 pub struct Fixture {
+    /// Holds the layers.
     pub dir: tempfile::TempDir,
+    /// Holds upper, work, mountpoints and scratch space.
+    pub side: tempfile::TempDir,
     pub layers: Vec<PathBuf>,
+}
+
+fn temp_in(base: &Path) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("strata-test")
+        .tempdir_in(base)
+        .unwrap_or_else(|e| panic!("temp dir in {}: {e}", base.display()))
 }
 
 impl Fixture {
     pub fn new(n: usize) -> Fixture {
-        let dir = tempfile::Builder::new()
-            .prefix("strata-test")
-            .tempdir_in("/tmp")
-            .unwrap();
+        let dir = temp_in(&layout().lower);
+        let side = temp_in(&layout().upper);
         let layers: Vec<PathBuf> = (0..n).map(|i| dir.path().join(format!("l{i}"))).collect();
         for l in &layers {
             mkdir(l);
         }
-        Fixture { dir, layers }
+        Fixture { dir, side, layers }
     }
 
-    /// `name` inside the fixture, created as an (empty) directory.
+    /// `name` on the upper side, created as an (empty) directory.
     pub fn path(&self, name: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
+        let p = self.side.path().join(name);
         mkdir(&p);
         p
     }
 
     pub fn layer(&self, i: usize) -> &Path {
         &self.layers[i]
+    }
+
+    /// Both temp dirs (for tests that open them up to another user).
+    pub fn roots(&self) -> [&Path; 2] {
+        [self.dir.path(), self.side.path()]
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        drop_views_under(self.dir.path());
     }
 }
 

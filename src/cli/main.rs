@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 
 use strata::mount::{MountRequest, umount};
 
-mod image_cli;
-mod run_cli;
+mod image;
+mod run;
 use strata::options::MountOptions;
 
 #[derive(Parser)]
@@ -40,11 +40,11 @@ enum Cmd {
     },
     /// Manage OCI images in the layer store.
     #[command(subcommand)]
-    Image(image_cli::ImageCmd),
+    Image(image::ImageCmd),
     /// Turn an upper layer into a new image on top of IMAGE.
-    Commit(image_cli::CommitArgs),
+    Commit(image::CommitArgs),
     /// Run a command in a container on a union of layers (or an image).
-    Run(Box<run_cli::RunArgs>),
+    Run(Box<run::RunArgs>),
 }
 
 #[derive(clap::Args)]
@@ -153,9 +153,9 @@ fn run() -> anyhow::Result<u8> {
             umount(&mountpoint, lazy)
                 .with_context(|| format!("unmounting {}", mountpoint.display()))?;
         }
-        Cmd::Image(c) => image_cli::image(cli.root, c)?,
-        Cmd::Commit(a) => image_cli::commit(cli.root, a)?,
-        Cmd::Run(a) => return run_cli::run(cli.root, *a),
+        Cmd::Image(c) => image::image(cli.root, c)?,
+        Cmd::Commit(a) => image::commit(cli.root, a)?,
+        Cmd::Run(a) => return run::run(cli.root, *a),
     }
     Ok(0)
 }
