@@ -1,6 +1,8 @@
 //! Micro-benchmarks of the union's hot paths, driven in-process through `strata::union::Union`
 //! on layers in temp dirs (no FUSE, no root): lookup through N layers, the merged listing of
-//! a 10k-entry directory spread over layers, and copy-up of a small and a 64 MiB file.
+//! a 10k-entry directory spread over layers, a walk of 1,020 directories with the directory
+//! fd cache at its normal size and tiny ones (the cost of reopening by path), and copy-up of
+//! a small and a 64 MiB file.
 //!
 //!   cargo bench --bench union                 full measurement
 //!   cargo bench --bench union -- --quick      a faster, rougher pass
@@ -17,7 +19,7 @@ use std::time::Duration;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use strata::options::WhiteoutFormat;
 use strata::sys::open_root;
-use strata::union::{ROOT_ID, Stack, Union};
+use strata::union::{ROOT_ID, Stack, Union, size_for_limit};
 use tempfile::TempDir;
 
 fn temp() -> TempDir {
@@ -34,6 +36,10 @@ fn put(path: &Path, size: usize) {
 
 /// A union of the given lower layers (top first), with a fresh upper and workdir in `rw`.
 fn union(lowers: &[PathBuf], rw: Option<&Path>) -> Union {
+    union_with_dir_fds(lowers, rw, size_for_limit(strata::sys::nofile_limit()))
+}
+
+fn union_with_dir_fds(lowers: &[PathBuf], rw: Option<&Path>, dir_fds: usize) -> Union {
     let (upper, work) = match rw {
         Some(dir) => {
             let (u, w) = (dir.join("upper"), dir.join("work"));
@@ -50,13 +56,14 @@ fn union(lowers: &[PathBuf], rw: Option<&Path>) -> Union {
         .iter()
         .map(|l| open_root(l).expect("open a lower layer"))
         .collect();
-    Union::new(
+    Union::with_dir_fds(
         Stack {
             upper,
             work,
             lowers,
         },
         WhiteoutFormat::Oci,
+        dir_fds,
     )
     .expect("Union::new")
 }
@@ -213,5 +220,68 @@ fn copy_up(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, lookup, readdir, copy_up);
+/// Two layers merging `d0..d19`, each with `e0..e49` (1,020 directories, a file in each).
+fn tree() -> (TempDir, Vec<PathBuf>) {
+    let dir = temp();
+    let layers: Vec<PathBuf> = ["top", "base"].map(|l| dir.path().join(l)).to_vec();
+    for i in 0..20 {
+        put(&layers[0].join(format!("d{i}/top")), 10);
+        for j in 0..50 {
+            put(&layers[1].join(format!("d{i}/e{j}/f")), 10);
+        }
+    }
+    (dir, layers)
+}
+
+/// Lists every directory with readdirplus, keeping the nodes (as the kernel holds what it
+/// walked), then forgets them all. Returns the entries seen.
+fn walk_all(u: &Union) -> usize {
+    let mut held = Vec::new();
+    let mut stack = vec![ROOT_ID];
+    while let Some(id) = stack.pop() {
+        let fh = u.opendir(id).expect("opendir");
+        u.readdirplus(fh, 0, |_, name, node, _| {
+            if name != b"." && name != b".." {
+                held.push(node.id);
+                if node.is_dir {
+                    stack.push(node.id);
+                }
+            }
+            false
+        })
+        .expect("readdirplus");
+        u.releasedir(fh);
+    }
+    for id in &held {
+        u.forget(*id, 1);
+    }
+    held.len()
+}
+
+fn walk(c: &mut Criterion) {
+    let (_dir, layers) = tree();
+    let mut g = c.benchmark_group("walk 1,020 directories over 2 layers");
+    g.sample_size(10);
+    let normal = size_for_limit(strata::sys::nofile_limit());
+    for (label, size) in [
+        (format!("dir fd cache {normal} (normal)"), normal),
+        ("dir fd cache 64".to_owned(), 64),
+        ("dir fd cache 2".to_owned(), 2),
+    ] {
+        let u = union_with_dir_fds(&layers, None, size);
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                assert_eq!(walk_all(&u), 2_040, "1,020 directories and 1,020 files");
+            })
+        });
+        let s = u.dir_fd_stats();
+        eprintln!(
+            "  dir fd cache {size}: {} reopens, {} closed early",
+            s.reopens, s.evictions
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, lookup, readdir, walk, copy_up);
 criterion_main!(benches);

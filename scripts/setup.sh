@@ -24,6 +24,7 @@ declare -A by_command=(
   [mountpoint]=util-linux
   [setpriv]=util-linux       # tests: run as another user
   [unshare]=util-linux       # tests: rootless runs in a private mount namespace
+  [prlimit]=util-linux       # tests: strata under a small RLIMIT_NOFILE (fd_limit)
   [python3]=python3          # benchmark fixture builder and report
   [bc]=bc
   [cc]=gcc                   # the linker cargo uses

@@ -205,6 +205,18 @@ impl Filesystem for StrataFs {
         Ok(())
     }
 
+    fn destroy(&mut self) {
+        let s = self.union.dir_fd_stats();
+        log::info!(
+            "directory fd cache: {} of {} open at unmount, at most {}; {} reopened, {} closed early",
+            s.open,
+            s.capacity,
+            s.peak,
+            s.reopens,
+            s.evictions
+        );
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.union.lookup(parent.0, name) {
             Ok((node, st)) => {

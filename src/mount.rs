@@ -294,6 +294,9 @@ fn filesystem(
     c: &Checked,
     stack: Stack,
 ) -> Result<(StrataFs, Config), MountError> {
+    // Every directory the kernel holds may want an fd: take all the fds we may have, then
+    // size the directory fd cache from that (see union::dircache).
+    let (before, now, hard) = sys::raise_nofile();
     let o = &req.options;
     let opts = UnionOptions {
         whiteout: o.whiteout,
@@ -302,12 +305,32 @@ fn filesystem(
         static_nlink: o.static_nlink,
         no_redirect: o.no_redirect,
         xattr_permissions: o.xattr_permissions,
+        dir_fds: None,
     };
     let union = Union::with_options(stack, &opts).map_err(|cause| MountError::Path {
         role: "layer stack",
         path: c.lowers[0].clone(),
         cause,
     })?;
+    let show = |n: u64| {
+        if n == u64::MAX {
+            "unlimited".to_owned()
+        } else {
+            n.to_string()
+        }
+    };
+    log::info!(
+        "RLIMIT_NOFILE: soft limit {} (was {}, hard limit {}); directory fd cache: {} fds{}",
+        show(now),
+        show(before),
+        show(hard),
+        union.dir_fd_stats().capacity,
+        if std::env::var_os(crate::union::DIR_FDS_ENV).is_some() {
+            format!(" (set by {})", crate::union::DIR_FDS_ENV)
+        } else {
+            String::new()
+        }
+    );
     let has_upper = union.has_upper();
     let ttl = req.options.timeout.unwrap_or(if has_upper {
         Duration::from_secs(86400)

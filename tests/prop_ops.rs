@@ -5,14 +5,22 @@
 //! trees must match, strata's tree must match again after unmount + remount, and kernel
 //! overlayfs mounted over the upper strata wrote must show that tree too.
 //!
-//! `PROPTEST_CASES` sets the number of sequences (default 24). Failures shrink to a minimal
-//! sequence.
+//! Fifos and char devices are made too, and fds held across unlinks include open fifos and
+//! `O_PATH|O_NOFOLLOW` fds of anything (symlinks, devices, directories): the kernel answers
+//! fstat on those from the inode it still holds, with no links left. Every open is
+//! `O_NONBLOCK`, so opening or writing a fifo never waits. Both mounts allow device nodes.
+//!
+//! The same test runs a second time with strata's directory fd cache at 2 fds
+//! (`STRATA_DIR_FDS`), so nearly every directory access closes and reopens fds by path.
+//!
+//! `PROPTEST_CASES` sets the number of sequences (default 24) of each. Failures shrink to a
+//! minimal sequence.
 
 mod common;
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -92,6 +100,37 @@ enum Op {
     Close {
         slot: usize,
     },
+    Mkfifo {
+        path: String,
+    },
+    /// A char device (1:3, what /dev/null is).
+    Mknod {
+        path: String,
+    },
+    /// `O_PATH|O_NOFOLLOW`: no open reaches the filesystem, only later fstat.
+    OpenPath {
+        path: String,
+        slot: usize,
+    },
+    FchmodFd {
+        slot: usize,
+        mode: u32,
+    },
+    /// A new fifo, char device or symlink at `path`, held in `slot` at once: a fifo open for
+    /// reading and writing, or an `O_PATH|O_NOFOLLOW` fd of any of them.
+    Held {
+        path: String,
+        kind: Special,
+        slot: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Special {
+    OpenFifo,
+    Fifo,
+    CharDev,
+    Symlink,
 }
 
 fn path() -> impl Strategy<Value = String> {
@@ -148,11 +187,29 @@ fn op() -> impl Strategy<Value = Op> {
         (0usize..3, len()).prop_map(|(slot, len)| Op::WriteFd { slot, len }),
         (0usize..3).prop_map(|slot| Op::FstatFd { slot }),
         (0usize..3).prop_map(|slot| Op::Close { slot }),
+        path().prop_map(|path| Op::Mkfifo { path }),
+        path().prop_map(|path| Op::Mknod { path }),
+        // Twice: fds that outlive an unlink are what this op is for.
+        (path(), 0usize..3).prop_map(|(path, slot)| Op::OpenPath { path, slot }),
+        (path(), 0usize..3).prop_map(|(path, slot)| Op::OpenPath { path, slot }),
+        (0usize..3, prop::sample::select(vec![0o600, 0o640, 0o755]))
+            .prop_map(|(slot, mode)| Op::FchmodFd { slot, mode }),
+        (
+            path(),
+            prop::sample::select(vec![
+                Special::OpenFifo,
+                Special::Fifo,
+                Special::CharDev,
+                Special::Symlink
+            ]),
+            0usize..3
+        )
+            .prop_map(|(path, kind, slot)| Op::Held { path, kind, slot }),
     ]
 }
 
-/// The lower layers: files, dirs, a hard-link group, a symlink, a char-device whiteout, an
-/// opaque dir.
+/// The lower layers: files, dirs, a hard-link group, a symlink, a fifo, a char device, a
+/// char-device whiteout, an opaque dir.
 fn layers(fx: &Fixture) {
     let (top, low) = (fx.layer(0), fx.layer(1));
     write(&low.join("x"), b"lower x");
@@ -172,6 +229,13 @@ fn layers(fx: &Fixture) {
     write(&top.join("b/y"), b"top b/y");
     write(&top.join("a/b"), b"top a/b");
     symlink("x", &top.join("a/a"));
+    fifo(&low.join("b/b"));
+    mknod(
+        &low.join("a/c/c"),
+        rustix::fs::FileType::CharacterDevice,
+        0o644,
+        rustix::fs::makedev(1, 3),
+    );
 }
 
 fn data(len: usize, seed: usize) -> Vec<u8> {
@@ -200,12 +264,20 @@ fn stat_line(md: &fs::Metadata) -> String {
 /// Runs the sequence under `m`: one result line per operation.
 fn run(m: &Path, ops: &[Op]) -> Vec<String> {
     let mut fds: [Option<fs::File>; 3] = [None, None, None];
+    // The path each fd was opened by.
+    let mut opened: [String; 3] = Default::default();
     let p = |s: &str| -> PathBuf { m.join(s) };
+    // Never blocking on a fifo (open without the other end, write into a full pipe).
+    let options = || {
+        let mut o = fs::OpenOptions::new();
+        o.custom_flags(libc::O_NONBLOCK);
+        o
+    };
     let mut out = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         let r: Result<String, i32> = match op {
             Op::Write { path, len, append } => errno((|| {
-                let mut f = fs::OpenOptions::new()
+                let mut f = options()
                     .write(true)
                     .create(true)
                     .append(*append)
@@ -214,7 +286,7 @@ fn run(m: &Path, ops: &[Op]) -> Vec<String> {
                 Ok(String::new())
             })()),
             Op::Create { path } => errno(
-                fs::OpenOptions::new()
+                options()
                     .write(true)
                     .create_new(true)
                     .open(p(path))
@@ -238,7 +310,7 @@ fn run(m: &Path, ops: &[Op]) -> Vec<String> {
                     .map(|_| String::new()),
             ),
             Op::Truncate { path, size } => errno(
-                fs::OpenOptions::new()
+                options()
                     .write(true)
                     .open(p(path))
                     .and_then(|f| f.set_len(*size))
@@ -270,16 +342,13 @@ fn run(m: &Path, ops: &[Op]) -> Vec<String> {
                 v.sort();
                 v.join(",")
             })),
-            Op::Open { path, slot, write } => errno(
-                fs::OpenOptions::new()
-                    .read(true)
-                    .write(*write)
-                    .open(p(path))
-                    .map(|f| {
-                        fds[*slot] = Some(f);
-                        String::new()
-                    }),
-            ),
+            Op::Open { path, slot, write } => {
+                errno(options().read(true).write(*write).open(p(path)).map(|f| {
+                    fds[*slot] = Some(f);
+                    opened[*slot] = path.clone();
+                    String::new()
+                }))
+            }
             Op::ReadFd { slot } => match &mut fds[*slot] {
                 None => Ok("closed".into()),
                 Some(f) => errno((|| {
@@ -305,10 +374,74 @@ fn run(m: &Path, ops: &[Op]) -> Vec<String> {
                 fds[*slot] = None;
                 Ok(String::new())
             }
+            Op::Mkfifo { path } => errno(make(&p(path), Special::Fifo).map(|()| String::new())),
+            Op::Mknod { path } => errno(make(&p(path), Special::CharDev).map(|()| String::new())),
+            Op::OpenPath { path, slot } => errno(open_path(&p(path)).map(|f| {
+                fds[*slot] = Some(f);
+                opened[*slot] = path.clone();
+                String::new()
+            })),
+            Op::Held { path, kind, slot } => errno((|| {
+                make(&p(path), *kind)?;
+                fds[*slot] = Some(match kind {
+                    Special::OpenFifo => options().read(true).write(true).open(p(path))?,
+                    _ => open_path(&p(path))?,
+                });
+                opened[*slot] = path.clone();
+                Ok(String::new())
+            })()),
+            Op::FchmodFd { slot, mode } => match &fds[*slot] {
+                None => Ok("closed".into()),
+                Some(f) if resurrects(f, &p(&opened[*slot])) => Ok("skipped".into()),
+                Some(f) => errno(
+                    f.set_permissions(fs::Permissions::from_mode(*mode))
+                        .map(|_| String::new()),
+                ),
+            },
         };
         out.push(format!("{i}: {op:?} -> {r:?}"));
     }
+    // Whatever is still held answers fstat, also when its names are gone.
+    for (slot, f) in fds.iter().enumerate() {
+        if let Some(f) = f {
+            let r = errno(f.metadata().map(|md| stat_line(&md)));
+            out.push(format!("end: fstat slot {slot} -> {r:?}"));
+        }
+    }
     out
+}
+
+/// Kernel overlayfs copies a lower fifo or device whose name was removed (its whiteout in
+/// place) back up to that name when it is chmodded through an open fd: the removed file
+/// reappears (6.18). strata does not copy that; the case is left out of the comparison. Such
+/// a file still shows its lower links; its path leads elsewhere or nowhere.
+fn resurrects(f: &fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    f.metadata().is_ok_and(|md| {
+        let t = md.file_type();
+        (t.is_fifo() || t.is_char_device())
+            && md.nlink() > 0
+            && fs::symlink_metadata(path).map_or(true, |pm| pm.ino() != md.ino())
+    })
+}
+
+/// Makes a fifo, a char device (1:3, what /dev/null is) or a symlink (to "x") at `path`.
+fn make(path: &Path, kind: Special) -> std::io::Result<()> {
+    use rustix::fs::{FileType, Mode};
+    let (ft, dev) = match kind {
+        Special::OpenFifo | Special::Fifo => (FileType::Fifo, 0),
+        Special::CharDev => (FileType::CharacterDevice, rustix::fs::makedev(1, 3)),
+        Special::Symlink => return std::os::unix::fs::symlink("x", path),
+    };
+    let mode = Mode::from_raw_mode(0o644);
+    Ok(rustix::fs::mknodat(rustix::fs::CWD, path, ft, mode, dev)?)
+}
+
+/// An `O_PATH|O_NOFOLLOW` fd: the filesystem sees no open, only what is asked through it.
+fn open_path(path: &Path) -> std::io::Result<fs::File> {
+    use rustix::fs::OFlags;
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rustix::fs::open(path, flags, rustix::fs::Mode::empty())?.into())
 }
 
 fn cases() -> u32 {
@@ -318,38 +451,57 @@ fn cases() -> u32 {
         .unwrap_or(24)
 }
 
+/// One sequence on both sides; `env` goes to strata's process.
+fn check(ops: &[Op], env: &[(&str, &str)]) -> Result<(), TestCaseError> {
+    if !require_mount_env() {
+        return Ok(());
+    }
+    let kfx = Fixture::new(2);
+    let sfx = Fixture::new(2);
+    layers(&kfx);
+    layers(&sfx);
+    let (ku, kw, km) = (kfx.path("u"), kfx.path("w"), kfx.path("m"));
+    let (su, sw, sm) = (sfx.path("u"), sfx.path("w"), sfx.path("m"));
+    let strata = || StrataMount::with_upper_env(&sfx.layers, &su, &sw, &sm, "dev", env);
+    let k = KernelOverlay::with_upper(&kfx.layers, &ku, &kw, &km);
+    let s = strata();
+    let kout = run(&k.mnt, ops);
+    let sout = run(&s.mnt, ops);
+    for (a, b) in kout.iter().zip(&sout) {
+        prop_assert_eq!(a, b, "kernel vs strata");
+    }
+    let want = kernel_snapshot(&k.mnt);
+    let got = snapshot(&s.mnt);
+    assert_same(&want, &got, "final tree");
+    drop(k);
+    prop_assert!(s.stop().success());
+    assert_upper_data(&su, &want, "strata's upper");
+    let s = strata();
+    assert_same(&want, &snapshot(&s.mnt), "after remount");
+    drop(s);
+    // The upper strata wrote reads the same in kernel overlayfs.
+    let k2 = KernelOverlay::over_strata_upper(&sfx.layers, &su, &sw, &sm);
+    assert_same(
+        &want,
+        &kernel_snapshot(&k2.mnt),
+        "kernel over strata's upper",
+    );
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn operation_sequences_match_kernel(ops in prop::collection::vec(op(), 1..30)) {
-        if !require_mount_env() {
-            return Ok(());
-        }
-        let kfx = Fixture::new(2);
-        let sfx = Fixture::new(2);
-        layers(&kfx);
-        layers(&sfx);
-        let (ku, kw, km) = (kfx.path("u"), kfx.path("w"), kfx.path("m"));
-        let (su, sw, sm) = (sfx.path("u"), sfx.path("w"), sfx.path("m"));
-        let k = KernelOverlay::with_upper(&kfx.layers, &ku, &kw, &km);
-        let s = StrataMount::with_upper(&sfx.layers, &su, &sw, &sm);
-        let kout = run(&k.mnt, &ops);
-        let sout = run(&s.mnt, &ops);
-        for (a, b) in kout.iter().zip(&sout) {
-            prop_assert_eq!(a, b, "kernel vs strata");
-        }
-        let want = kernel_snapshot(&k.mnt);
-        let got = snapshot(&s.mnt);
-        assert_same(&want, &got, "final tree");
-        drop(k);
-        prop_assert!(s.stop().success());
-        assert_upper_data(&su, &want, "strata's upper");
-        let s = StrataMount::with_upper(&sfx.layers, &su, &sw, &sm);
-        assert_same(&want, &snapshot(&s.mnt), "after remount");
-        drop(s);
-        // The upper strata wrote reads the same in kernel overlayfs.
-        let k2 = KernelOverlay::over_strata_upper(&sfx.layers, &su, &sw, &sm);
-        assert_same(&want, &kernel_snapshot(&k2.mnt), "kernel over strata's upper");
+        check(&ops, &[])?;
+    }
+
+    /// With 2 directory fds cached: eviction and reopening by path all the time.
+    #[test]
+    fn operation_sequences_match_kernel_tiny_dir_fd_cache(
+        ops in prop::collection::vec(op(), 1..30)
+    ) {
+        check(&ops, &[("STRATA_DIR_FDS", "2")])?;
     }
 }

@@ -2,7 +2,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use rustix::fs::{FileType, RawDir};
 
@@ -17,9 +17,16 @@ pub struct DirEntry<'a> {
 /// and `..` excluded. A fresh fd is opened, so concurrent listings do not share an offset.
 pub fn read_dir(
     dir: BorrowedFd<'_>,
+    f: impl FnMut(DirEntry<'_>) -> io::Result<()>,
+) -> io::Result<()> {
+    read_dir_open(super::open_dir_for_read(dir)?, f)
+}
+
+/// `read_dir` of a directory fd already open for reading (consumed).
+pub fn read_dir_open(
+    fd: OwnedFd,
     mut f: impl FnMut(DirEntry<'_>) -> io::Result<()>,
 ) -> io::Result<()> {
-    let fd = super::open_dir_for_read(dir)?;
     let mut buf = [MaybeUninit::<u8>::uninit(); 32 * 1024];
     let mut iter = RawDir::new(&fd, &mut buf);
     while let Some(entry) = iter.next() {

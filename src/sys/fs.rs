@@ -52,23 +52,50 @@ pub fn open_dir_for_read(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 }
 
 /// Opens the file `name` in `dir` for I/O with the caller's access flags; `O_NOFOLLOW` always.
+/// An empty `name` reopens the file `dir` itself refers to (an `O_PATH` fd of a file whose
+/// last name is gone), through its `/proc/self/fd` link.
 pub fn open_file_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result<File> {
     let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_SYNC;
-    let flags = OFlags::from_bits_retain((flags & keep) as u32)
-        | OFlags::NOFOLLOW
-        | OFlags::CLOEXEC
-        | OFlags::NOCTTY;
+    let flags = OFlags::from_bits_retain((flags & keep) as u32) | OFlags::CLOEXEC | OFlags::NOCTTY;
+    if name.is_empty() {
+        return Ok(File::from(rustix::fs::open(
+            proc_fd_path(dir).as_str(),
+            flags,
+            Mode::empty(),
+        )?));
+    }
     Ok(File::from(rustix::fs::openat(
         dir,
         name,
-        flags,
+        flags | OFlags::NOFOLLOW,
         Mode::empty(),
     )?))
 }
 
-/// `lstat` of `name` in `dir`.
+/// `/proc/self/fd/N` for `fd`: the file itself, whatever its names (following this magic link
+/// lands on the file `fd` refers to, never on a symlink's target).
+pub fn proc_fd_path(fd: BorrowedFd<'_>) -> String {
+    use std::os::fd::AsRawFd;
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// `AT_EMPTY_PATH` for an empty name: the calls taking a name below a directory fd also take
+/// an fd of the entry itself with an empty name (how an unlinked file is still reached).
+pub(super) fn empty_path(name: &OsStr) -> AtFlags {
+    if name.is_empty() {
+        AtFlags::EMPTY_PATH
+    } else {
+        AtFlags::empty()
+    }
+}
+
+/// `lstat` of `name` in `dir` (of `dir` itself for an empty name).
 pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Stat> {
-    Ok(rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?)
+    Ok(rustix::fs::statat(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW | empty_path(name),
+    )?)
 }
 
 /// `fstat`, which works on `O_PATH` fds too.
@@ -86,7 +113,7 @@ pub fn exists_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
     }
 }
 
-/// Target of the symlink `name` in `dir`, as bytes.
+/// Target of the symlink `name` in `dir` (of `dir` itself for an empty name), as bytes.
 pub fn readlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
     Ok(rustix::fs::readlinkat(dir, name, Vec::new())?.into_bytes())
 }
@@ -109,6 +136,30 @@ pub fn unmount(path: &Path, lazy: bool) -> io::Result<()> {
         rustix::mount::UnmountFlags::empty()
     };
     Ok(rustix::mount::unmount(path, flags)?)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (as systemd, podman and virtiofsd do):
+/// every directory the kernel holds may cost an fd. Returns (soft before, soft now, hard).
+pub fn raise_nofile() -> (u64, u64, u64) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let before = getrlimit(Resource::Nofile);
+    let soft = before.current.unwrap_or(u64::MAX);
+    let hard = before.maximum.unwrap_or(u64::MAX);
+    if soft < hard {
+        let mut want = before;
+        want.current = before.maximum;
+        if setrlimit(Resource::Nofile, want).is_ok() {
+            return (soft, hard, hard);
+        }
+    }
+    (soft, soft, hard)
+}
+
+/// The current soft `RLIMIT_NOFILE` (u64::MAX for unlimited).
+pub fn nofile_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
 }
 
 /// Major/minor of a device number (for whiteout detection: 0/0).

@@ -20,7 +20,7 @@ mod write;
 mod xattr;
 
 pub use caps::limit_bounding_set;
-pub use dir::{DirEntry, read_dir};
+pub use dir::{DirEntry, read_dir, read_dir_open};
 pub use fs::*;
 pub use handle::*;
 pub use mount::*;

@@ -99,8 +99,13 @@ pub fn rename_at(
     )?)
 }
 
-/// chmod of `name` in `dir` (symlinks have no mode of their own: callers skip them).
+/// chmod of `name` in `dir` (symlinks have no mode of their own: callers skip them); of the
+/// file `dir` refers to for an empty name.
 pub fn chmod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    if name.is_empty() {
+        let path = super::proc_fd_path(dir);
+        return Ok(rustix::fs::chmod(path.as_str(), Mode::from_raw_mode(mode))?);
+    }
     Ok(rustix::fs::chmodat(
         dir,
         name,
@@ -109,7 +114,8 @@ pub fn chmod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> 
     )?)
 }
 
-/// lchown of `name` in `dir`; `None` leaves that id unchanged.
+/// lchown of `name` in `dir` (of `dir` itself for an empty name); `None` leaves that id
+/// unchanged.
 pub fn chown_at(
     dir: BorrowedFd<'_>,
     name: &OsStr,
@@ -124,7 +130,7 @@ pub fn chown_at(
         name,
         uid,
         gid,
-        AtFlags::SYMLINK_NOFOLLOW,
+        AtFlags::SYMLINK_NOFOLLOW | super::fs::empty_path(name),
     )?)
 }
 
@@ -153,7 +159,8 @@ fn ts(t: SetTime) -> Timespec {
     }
 }
 
-/// Sets atime/mtime of `name` in `dir` without following a symlink.
+/// Sets atime/mtime of `name` in `dir` (of `dir` itself for an empty name) without following
+/// a symlink.
 pub fn utimens_at(
     dir: BorrowedFd<'_>,
     name: &OsStr,
@@ -168,7 +175,7 @@ pub fn utimens_at(
         dir,
         name,
         &times,
-        AtFlags::SYMLINK_NOFOLLOW,
+        AtFlags::SYMLINK_NOFOLLOW | super::fs::empty_path(name),
     )?)
 }
 
@@ -356,8 +363,11 @@ pub fn copy_range(
     }
 }
 
-/// Opens `name` in `dir` read-only, for copying its data.
+/// Opens `name` in `dir` read-only, for copying its data (an empty name: the file `dir` is).
 pub fn open_for_copy(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
+    if name.is_empty() {
+        return super::open_file_at(dir, name, libc::O_RDONLY);
+    }
     Ok(File::from(rustix::fs::openat(
         dir,
         name,

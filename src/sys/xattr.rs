@@ -43,13 +43,23 @@ fn at_name(name: &OsStr) -> io::Result<CString> {
 
 const AT_FLAGS: libc::c_uint = libc::AT_SYMLINK_NOFOLLOW as libc::c_uint;
 
-fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> Vec<u8> {
+/// The `/proc/self/fd` path of `name` in `dir`, and whether the call must follow it: for the
+/// fd itself (empty name) the magic link is followed, which lands on the file the fd refers
+/// to (never on a symlink's target); `name` below it is never followed.
+fn proc_target(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<(CString, bool)> {
     let mut p = format!("/proc/self/fd/{}", dir.as_raw_fd()).into_bytes();
     if !name.is_empty() {
         p.push(b'/');
         p.extend_from_slice(name.as_bytes());
     }
-    p
+    Ok((cstr(&p)?, name.is_empty()))
+}
+
+/// The `*xattrat` calls reach the fd itself as "." (their `AT_EMPTY_PATH` form refuses
+/// `O_PATH` fds), which fails on a non-directory: such an fd (a file whose names are all gone)
+/// goes through `/proc/self/fd` instead.
+fn not_a_dir(e: &io::Error, name: &OsStr) -> bool {
+    name.is_empty() && e.raw_os_error() == Some(libc::ENOTDIR)
 }
 
 fn ret(r: libc::c_long) -> io::Result<usize> {
@@ -94,14 +104,20 @@ pub fn get_xattr(
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
                 NO_XATTRAT.store(true, Ordering::Relaxed)
             }
+            Err(e) if not_a_dir(&e, name) => {}
             other => return other,
         }
     }
-    let path = cstr(&proc_path(dir, name))?;
+    let (path, follow) = proc_target(dir, name)?;
+    let call = if follow {
+        libc::getxattr
+    } else {
+        libc::lgetxattr
+    };
     // SAFETY: `path` and `key` are NUL-terminated and alive; `buf` is valid for `buf.len()`
     // bytes, which is the size we pass.
     let r = unsafe {
-        libc::lgetxattr(
+        call(
             path.as_ptr(),
             key.as_ptr(),
             buf.as_mut_ptr().cast(),
@@ -132,12 +148,18 @@ pub fn list_xattr(dir: BorrowedFd<'_>, name: &OsStr, buf: &mut [u8]) -> io::Resu
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
                 NO_XATTRAT.store(true, Ordering::Relaxed)
             }
+            Err(e) if not_a_dir(&e, name) => {}
             other => return other,
         }
     }
-    let path = cstr(&proc_path(dir, name))?;
+    let (path, follow) = proc_target(dir, name)?;
+    let call = if follow {
+        libc::listxattr
+    } else {
+        libc::llistxattr
+    };
     // SAFETY: `path` is NUL-terminated and alive; `buf` is valid for `buf.len()` bytes.
-    let r = unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let r = unsafe { call(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     ret(r as libc::c_long)
 }
 
@@ -223,13 +245,19 @@ pub fn set_xattr(
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
                 NO_XATTRAT.store(true, Ordering::Relaxed)
             }
+            Err(e) if not_a_dir(&e, name) => {}
             other => return other.map(|_| ()),
         }
     }
-    let path = cstr(&proc_path(dir, name))?;
+    let (path, follow) = proc_target(dir, name)?;
+    let call = if follow {
+        libc::setxattr
+    } else {
+        libc::lsetxattr
+    };
     // SAFETY: `path` and `key` are NUL-terminated and alive; `value` is valid for its length.
     let r = unsafe {
-        libc::lsetxattr(
+        call(
             path.as_ptr(),
             key.as_ptr(),
             value.as_ptr().cast(),
@@ -259,11 +287,17 @@ pub fn remove_xattr(dir: BorrowedFd<'_>, name: &OsStr, key: &[u8]) -> io::Result
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
                 NO_XATTRAT.store(true, Ordering::Relaxed)
             }
+            Err(e) if not_a_dir(&e, name) => {}
             other => return other.map(|_| ()),
         }
     }
-    let path = cstr(&proc_path(dir, name))?;
+    let (path, follow) = proc_target(dir, name)?;
+    let call = if follow {
+        libc::removexattr
+    } else {
+        libc::lremovexattr
+    };
     // SAFETY: `path` and `key` are NUL-terminated and alive.
-    let r = unsafe { libc::lremovexattr(path.as_ptr(), key.as_ptr()) };
+    let r = unsafe { call(path.as_ptr(), key.as_ptr()) };
     ret(r as libc::c_long).map(|_| ())
 }

@@ -4,10 +4,11 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::dircache::{Dir, DirFd};
 use super::inode::{LowerData, Node, NodeState, Place};
 use super::layer::{DirCopy, is_internal_xattr};
 use super::{Union, err};
@@ -15,8 +16,13 @@ use crate::sys::{self, RenameMode, SetTime, Stat};
 
 impl Union {
     /// The staging directory (`workdir/work`), or EROFS on a union without an upper.
-    pub(super) fn work(&self) -> io::Result<&Arc<OwnedFd>> {
+    pub(super) fn work(&self) -> io::Result<&Dir> {
         self.work.as_ref().ok_or_else(|| err(libc::EROFS))
+    }
+
+    /// An open fd of the staging directory (a fixed one: never closed).
+    pub(super) fn work_fd(&self) -> io::Result<DirFd> {
+        self.work()?.fd()
     }
 
     /// A fresh name in the staging directory.
@@ -38,10 +44,10 @@ impl Union {
     }
 
     /// The upper copy of directory `node`, copying it (and its parents) up first.
-    pub(super) fn upper_dir(&self, node: &Arc<Node>) -> io::Result<Arc<OwnedFd>> {
+    pub(super) fn upper_dir(&self, node: &Arc<Node>) -> io::Result<Dir> {
         self.copy_up(node)?;
         match &node.state().place {
-            Place::Dir(copies) => Ok(copies[0].fd.clone()),
+            Place::Dir(copies) => Ok(copies[0].dir.clone()),
             Place::Leaf { .. } => Err(err(libc::ENOTDIR)),
         }
     }
@@ -77,21 +83,23 @@ impl Union {
             return Ok(());
         }
         let name = s.name.clone();
-        let pstat = sys::stat_fd(pdir.as_fd())?;
+        let pfd = pdir.fd()?;
+        let pstat = sys::stat_fd(pfd.as_fd())?;
+        let work = self.work_fd()?;
+        let work = work.as_fd();
         match &mut s.place {
             Place::Dir(copies) => {
-                let src = copies[0].fd.clone();
+                let src = copies[0].dir.fd()?;
                 let st = sys::stat_fd(src.as_fd())?;
                 let tmp = self.stage_name();
-                let work = self.work()?.as_fd();
                 sys::mkdir_at(work, &tmp, 0o700)?;
                 let staged = self
                     .finish_copy(src.as_fd(), OsStr::new(""), &st, work, &tmp)
                     .and_then(|()| self.record_ino(work, &tmp, node.ino));
-                self.place_staged(staged, work, &tmp, pdir.as_fd(), &name, true)?;
-                let fd = Arc::new(sys::open_dir_at(pdir.as_fd(), &name)?);
-                let ust = sys::stat_fd(fd.as_fd())?;
-                copies.insert(0, DirCopy::new(0, fd, &ust, true));
+                self.place_staged(staged, work, &tmp, pfd.as_fd(), &name, true)?;
+                let ust = sys::stat_at(pfd.as_fd(), &name)?;
+                let (dir, _) = pdir.child(&pfd, &name, &ust)?;
+                copies.insert(0, DirCopy::new(0, dir, &ust, true));
             }
             Place::Leaf {
                 dir,
@@ -99,9 +107,9 @@ impl Union {
                 layer,
             } => {
                 let (dir, real, layer) = (dir.clone(), real.clone(), *layer);
+                let dfd = dir.fd()?;
                 let tmp = self.stage_name();
-                let work = self.work()?.as_fd();
-                let st = sys::stat_at(dir.as_fd(), &real)?;
+                let st = sys::stat_at(dfd.as_fd(), &real)?;
                 // Hard-link groups go through the index with their data (one upper inode
                 // for all names); empty files have no data to defer.
                 let meta = meta_only
@@ -109,11 +117,11 @@ impl Union {
                     && st.st_nlink == 1
                     && st.st_size > 0;
                 let staged = if meta {
-                    self.stage_meta(node, layer, dir.as_fd(), &real, &st, work, &tmp)
+                    self.stage_meta(node, layer, dfd.as_fd(), &real, &st, work, &tmp)
                 } else {
-                    self.stage_leaf(node, layer, dir.as_fd(), &real, work, &tmp)
+                    self.stage_leaf(node, layer, dfd.as_fd(), &real, work, &tmp)
                 };
-                self.place_staged(staged, work, &tmp, pdir.as_fd(), &name, false)?;
+                self.place_staged(staged, work, &tmp, pfd.as_fd(), &name, false)?;
                 if meta {
                     s.data = Some(LowerData {
                         layer,
@@ -128,9 +136,9 @@ impl Union {
                 };
             }
         }
-        self.mark_impure(pdir.as_fd());
+        self.mark_impure(pfd.as_fd());
         // Linking into the parent changed its times; the copy must keep the original ones.
-        restore_times(pdir.as_fd(), OsStr::new("."), &pstat);
+        restore_times(pfd.as_fd(), OsStr::new("."), &pstat);
         Ok(())
     }
 
@@ -162,14 +170,15 @@ impl Union {
         let (Some(data), Place::Leaf { dir, name, .. }) = (s.data.clone(), &s.place) else {
             return Ok(());
         };
-        let from = sys::open_for_copy(data.dir.as_fd(), &data.name)?;
-        let to = sys::open_file_at(dir.as_fd(), name, libc::O_RDWR)?;
+        let from = sys::open_for_copy(data.dir.fd()?.as_fd(), &data.name)?;
+        let dfd = dir.fd()?;
+        let to = sys::open_file_at(dfd.as_fd(), name, libc::O_RDWR)?;
         let st = sys::stat_fd(to.as_fd())?;
         sys::copy_data(&from, &to, st.st_size as u64)?;
         sys::fsync(&to, true)?;
         // Filling in the data is not a change the user made: the times stay.
-        restore_times(dir.as_fd(), name, &st);
-        sys::remove_xattr(dir.as_fd(), name, &self.xattr(b"metacopy"))?;
+        restore_times(dfd.as_fd(), name, &st);
+        sys::remove_xattr(dfd.as_fd(), name, &self.xattr(b"metacopy"))?;
         s.data = None;
         Ok(())
     }
@@ -196,6 +205,7 @@ impl Union {
             return self.record_ino(work, tmp, node.ino);
         };
         let entry = super::index_name(node.ino);
+        let index = index.fd()?;
         if sys::exists_at(index.as_fd(), &entry)? {
             sys::link_at(index.as_fd(), &entry, work, tmp)?;
             let rest = self.lower_rest(work, tmp)?.unwrap_or(1);
@@ -223,18 +233,21 @@ impl Union {
                 dir,
                 name,
             } => {
+                let dir = dir.fd()?;
                 if let Some(rest) = self.lower_rest(dir.as_fd(), name)? {
                     self.set_lower_rest(dir.as_fd(), name, rest.saturating_sub(1))?;
                 }
                 Ok(())
             }
             Place::Leaf { dir, name, layer } => {
+                let dir = dir.fd()?;
                 let st = sys::stat_at(dir.as_fd(), name)?;
                 if st.st_nlink <= 1 {
                     return Ok(());
                 }
                 let origin = self.origin_of(*layer, dir.as_fd(), name);
-                let work = self.work()?.as_fd();
+                let work = self.work_fd()?;
+                let work = work.as_fd();
                 let tmp = self.stage_name();
                 let entry = super::index_name(node.ino);
                 let staged = stage_object(dir.as_fd(), name, &st, work, &tmp)
@@ -242,7 +255,7 @@ impl Union {
                     .and_then(|()| self.record_ino(work, &tmp, node.ino))
                     .map(|()| self.record_origin(origin.as_deref(), work, &tmp, true))
                     .and_then(|()| self.set_lower_rest(work, &tmp, st.st_nlink - 1));
-                self.place_staged(staged, work, &tmp, index.as_fd(), &entry, false)?;
+                self.place_staged(staged, work, &tmp, index.fd()?.as_fd(), &entry, false)?;
                 s.place = Place::Leaf {
                     layer: 0,
                     dir: index,
@@ -280,9 +293,10 @@ impl Union {
             } => (dir.clone(), name.clone()),
             _ => return Err(err(libc::EIO)),
         };
-        let work = self.work()?.as_fd();
+        let work = self.work_fd()?;
+        let work = work.as_fd();
         let tmp = self.stage_name();
-        sys::link_at(dir.as_fd(), &real, work, &tmp)?;
+        sys::link_at(dir.fd()?.as_fd(), &real, work, &tmp)?;
         let r = self
             .lower_rest(work, &tmp)
             .and_then(|rest| match rest {

@@ -7,13 +7,13 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
+use super::dircache::Dir;
 use super::layer::DirCopy;
 
 /// A concurrent map sharded for this machine. (DashMap's own default asks std for the CPU
@@ -30,10 +30,12 @@ pub enum Place {
     /// A directory: its copies, topmost first, down to the first opaque one.
     Dir(Vec<DirCopy>),
     /// Any other file: the layer, directory and name holding it (no fd per file is kept
-    /// open). The name differs from the merged one for hidden links and index entries.
+    /// open). The name differs from the merged one for hidden links and index entries; it is
+    /// empty for a file whose last name went while the kernel still held it: `dir` is then a
+    /// fixed `O_PATH` fd of the file itself.
     Leaf {
         layer: usize,
-        dir: Arc<OwnedFd>,
+        dir: Dir,
         name: OsString,
     },
 }
@@ -43,12 +45,12 @@ pub enum Place {
 #[derive(Clone)]
 pub struct LowerData {
     pub layer: usize,
-    pub dir: Arc<OwnedFd>,
+    pub dir: Dir,
     pub name: OsString,
 }
 
 pub struct NodeState {
-    /// Parent directory (None for the root); keeps the parent's fds alive while we live.
+    /// Parent directory (None for the root).
     pub parent: Option<Arc<Node>>,
     /// Name in the parent (for a lower hard-link group: the first name we met).
     pub name: OsString,

@@ -4,9 +4,11 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
+
+use super::dircache::Dir;
 
 use crate::sys::{self, Stat};
 
@@ -62,8 +64,8 @@ pub fn shown_xattr_name(name: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
 
 /// One layer of the stack.
 pub struct Layer {
-    /// `O_PATH` fd of the layer's root; every path in the layer is resolved below it.
-    pub root: Arc<OwnedFd>,
+    /// The layer's root (a fixed `O_PATH` fd); every path in the layer is resolved below it.
+    pub root: Dir,
     /// The writable layer (there is at most one, and it is the topmost).
     pub upper: bool,
     /// Uuid of the layer's filesystem, part of the kernel's origin records.
@@ -85,8 +87,8 @@ struct Markers {
 /// The copy of a merged directory held by one layer.
 pub struct DirCopy {
     pub layer: usize,
-    /// `O_PATH` fd of the directory in that layer.
-    pub fd: Arc<OwnedFd>,
+    /// The directory in that layer (its fd may be closed and reopened: see `dircache`).
+    pub dir: Dir,
     pub dev: u64,
     /// Lower copies cache their markers on first use; upper copies read them every time.
     markers: OnceLock<Markers>,
@@ -94,10 +96,10 @@ pub struct DirCopy {
 }
 
 impl DirCopy {
-    pub fn new(layer: usize, fd: Arc<OwnedFd>, st: &Stat, upper: bool) -> Self {
+    pub fn new(layer: usize, dir: Dir, st: &Stat, upper: bool) -> Self {
         DirCopy {
             layer,
-            fd,
+            dir,
             dev: st.st_dev,
             markers: OnceLock::new(),
             upper,
@@ -117,7 +119,8 @@ impl DirCopy {
 
     fn read_markers(&self, scan: bool) -> io::Result<Markers> {
         let mut m = Markers::default();
-        let fd = self.fd.as_fd();
+        let fd = self.dir.fd()?;
+        let fd = fd.as_fd();
         let names = sys::list_xattr_all(fd, OsStr::new(""))?;
         for key in names
             .split(|&b| b == 0)
@@ -130,7 +133,7 @@ impl DirCopy {
             }
         }
         if scan {
-            sys::read_dir(fd, |e| {
+            self.dir.read_dir(|e| {
                 if e.name == OPAQUE_MARKER {
                     m.opaque = true;
                 } else if let Some(hidden) = e.name.strip_prefix(WH_PREFIX) {
@@ -159,7 +162,7 @@ impl DirCopy {
         if self.upper {
             let mut wh = WH_PREFIX.to_vec();
             wh.extend_from_slice(name.as_bytes());
-            return sys::exists_at(self.fd.as_fd(), OsStr::from_bytes(&wh));
+            return sys::exists_at(self.dir.fd()?.as_fd(), OsStr::from_bytes(&wh));
         }
         self.with_markers(|m| m.oci.contains(name.as_bytes()))
     }
@@ -174,8 +177,9 @@ impl DirCopy {
         if fmt != libc::S_IFREG || st.st_size != 0 || !self.with_markers(|m| m.xwhiteouts)? {
             return Ok(false);
         }
+        let fd = self.dir.fd()?;
         for key in WHITEOUT_XATTRS {
-            if sys::get_xattr_value(self.fd.as_fd(), name, key)?.is_some() {
+            if sys::get_xattr_value(fd.as_fd(), name, key)?.is_some() {
                 return Ok(true);
             }
         }
@@ -194,7 +198,7 @@ impl DirCopy {
         if !may_be {
             return Ok(false);
         }
-        match sys::stat_at(self.fd.as_fd(), name) {
+        match sys::stat_at(self.dir.fd()?.as_fd(), name) {
             Ok(st) => self.is_whiteout(name, &st),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(true),
             Err(e) => Err(e),

@@ -5,8 +5,8 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::ffi::OsStringExt;
-use std::sync::Arc;
 
+use super::dircache::Dir;
 use super::inode::{LowerData, Place};
 use super::layer::{DirCopy, Layer, WH_PREFIX};
 use crate::sys::{self, Stat};
@@ -21,8 +21,9 @@ pub const REDIRECT_XATTRS: [&[u8]; 2] = [b"trusted.overlay.redirect", b"user.ove
 
 /// Reads a directory copy's redirect, if it has one.
 pub fn redirect_of(dir: &DirCopy) -> io::Result<Option<Vec<u8>>> {
+    let fd = dir.dir.fd()?;
     for key in REDIRECT_XATTRS {
-        if let Some(v) = sys::get_xattr_value(dir.fd.as_fd(), OsStr::new(""), key)?
+        if let Some(v) = sys::get_xattr_value(fd.as_fd(), OsStr::new(""), key)?
             && !v.is_empty()
         {
             return Ok(Some(v));
@@ -33,8 +34,8 @@ pub fn redirect_of(dir: &DirCopy) -> io::Result<Option<Vec<u8>>> {
 
 /// Outcome of following an absolute redirect in one layer.
 enum Walk {
-    /// The entry's stat and the fd of the directory holding it.
-    Found(Stat, Arc<std::os::fd::OwnedFd>),
+    /// The entry's stat and the directory holding it.
+    Found(Stat, Dir),
     Missing,
     /// A whiteout or a non-directory on the way: no lower layer may supply the directory.
     Stop,
@@ -51,17 +52,18 @@ fn walk_abs(layers: &[Layer], layer: usize, path: &[u8]) -> io::Result<Walk> {
         return Ok(Walk::Missing);
     };
     let mut dir = layers[layer].root.clone();
+    let mut fd = dir.fd()?;
     for comp in through {
         let comp = OsStr::from_bytes(comp);
-        match sys::stat_at(dir.as_fd(), comp) {
-            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
+        let st = match sys::stat_at(fd.as_fd(), comp) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => st,
             Ok(_) => return Ok(Walk::Stop),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Walk::Missing),
             Err(e) => return Err(e),
-        }
-        dir = Arc::new(sys::open_path_at(dir.as_fd(), comp)?);
+        };
+        (dir, fd) = dir.child(&fd, comp, &st)?;
     }
-    match sys::stat_at(dir.as_fd(), OsStr::from_bytes(last)) {
+    match sys::stat_at(fd.as_fd(), OsStr::from_bytes(last)) {
         Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Ok(Walk::Found(st, dir)),
         Ok(_) => Ok(Walk::Stop),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Walk::Missing),
@@ -92,7 +94,7 @@ pub const METACOPY_XATTRS: [&[u8]; 2] = [b"trusted.overlay.metacopy", b"user.ove
 
 /// Whether upper file `name` in `dir` is a metacopy. A metacopy has no data blocks (at most
 /// one block of xattrs), so large files with data cost no xattr read.
-fn is_metacopy(dir: &std::os::fd::OwnedFd, name: &OsStr, st: &Stat) -> io::Result<bool> {
+fn is_metacopy(dir: &Dir, name: &OsStr, st: &Stat) -> io::Result<bool> {
     const XATTR_BLOCK_SECTORS: u64 = 16;
     let (blocks, size) = (st.st_blocks as u64, st.st_size as u64);
     if st.st_mode & libc::S_IFMT != libc::S_IFREG
@@ -101,7 +103,7 @@ fn is_metacopy(dir: &std::os::fd::OwnedFd, name: &OsStr, st: &Stat) -> io::Resul
     {
         return Ok(false);
     }
-    let names = sys::list_xattr_all(dir.as_fd(), name)?;
+    let names = sys::list_xattr_all(dir.fd()?.as_fd(), name)?;
     Ok(names
         .split(|&b| b == 0)
         .any(|k| METACOPY_XATTRS.contains(&k)))
@@ -126,7 +128,7 @@ pub fn resolve(layers: &[Layer], parent: &[DirCopy], name: &OsStr) -> io::Result
     let mut pi = 0;
     for layer in first..layers.len() {
         // The directory holding the candidate in this layer, and its name there.
-        let (pdir, cand, found): (Arc<std::os::fd::OwnedFd>, OsString, Option<Stat>) = match &look {
+        let (pdir, cand, found): (Dir, OsString, Option<Stat>) = match &look {
             Look::Name(n) => {
                 while pi < parent.len() && parent[pi].layer < layer {
                     pi += 1;
@@ -137,7 +139,7 @@ pub fn resolve(layers: &[Layer], parent: &[DirCopy], name: &OsStr) -> io::Result
                     }
                     continue;
                 };
-                let st = match sys::stat_at(copy.fd.as_fd(), n) {
+                let st = match sys::stat_at(copy.dir.fd()?.as_fd(), n) {
                     Ok(st) => st,
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                         if copy.oci_whiteout(n)? {
@@ -150,7 +152,7 @@ pub fn resolve(layers: &[Layer], parent: &[DirCopy], name: &OsStr) -> io::Result
                 if copy.is_whiteout(n, &st)? {
                     break;
                 }
-                (copy.fd.clone(), n.clone(), Some(st))
+                (copy.dir.clone(), n.clone(), Some(st))
             }
             Look::Path(path) => match walk_abs(layers, layer, path)? {
                 Walk::Found(st, pdir) => {
@@ -197,8 +199,8 @@ pub fn resolve(layers: &[Layer], parent: &[DirCopy], name: &OsStr) -> io::Result
             // A file below a directory is hidden by it.
             break;
         }
-        let fd = Arc::new(sys::open_path_at(pdir.as_fd(), &cand)?);
-        let dir = DirCopy::new(layer, fd, &st, layers[layer].upper);
+        let (d, _) = pdir.child(&pdir.fd()?, &cand, &st)?;
+        let dir = DirCopy::new(layer, d, &st, layers[layer].upper);
         // A `.wh.<name>` beside the directory hides the lower copies, like an opaque marker.
         let beside = match &look {
             Look::Name(_) => parent

@@ -4,6 +4,7 @@
 //! (per-node lock, no global one) -> `lookup`/`readdir` walk the layer copies through `sys`.
 
 mod copy_up;
+mod dircache;
 mod inode;
 mod layer;
 mod lookup;
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
+pub use dircache::{SIZE_ENV as DIR_FDS_ENV, Stats as DirFdStats, size_for_limit};
 pub use inode::{Node, ROOT_ID, table};
 pub use layer::{is_internal_xattr, shown_xattr_name, stored_xattr_name};
 pub use lookup::METACOPY_XATTRS;
@@ -29,6 +31,7 @@ pub use readdir::Entry;
 pub use rustix::fs::FileType;
 pub use sys::{RenameMode, SetTime};
 
+use dircache::{Dir, DirCache};
 use inode::{InoMap, NodeState, NodeTable, Place};
 use layer::{DirCopy, Layer};
 
@@ -59,6 +62,8 @@ pub struct UnionOptions {
     /// Directories with lower copies do not move (`redirect_dir=off|follow`): EXDEV.
     pub no_redirect: bool,
     pub xattr_permissions: crate::options::XattrPermissions,
+    /// Directory fds kept open at most (None: `STRATA_DIR_FDS`, else from `RLIMIT_NOFILE`).
+    pub dir_fds: Option<usize>,
 }
 
 /// Where copy-ups and new entries are staged, inside the workdir (the kernel's name for it,
@@ -72,6 +77,8 @@ const KERNEL_INDEX: &str = "index";
 /// A listing snapshot for one open directory.
 struct DirHandle {
     node: Arc<Node>,
+    /// The directory copies whose fds stay open while the directory is.
+    pinned: Vec<Dir>,
     /// Built on the first read from offset 0, rebuilt when a reader rewinds to 0.
     entries: Option<Arc<Vec<Entry>>>,
 }
@@ -87,8 +94,10 @@ pub struct Union {
     next_fh: AtomicU64,
     /// Nodes forgotten so far: every thousand, memory goes back to the system.
     forgotten: AtomicU64,
+    /// The fds of layer directories, bounded.
+    dir_fds: DirCache,
     /// `workdir/work`, where objects are built before being renamed into the upper.
-    work: Option<Arc<OwnedFd>>,
+    work: Option<Dir>,
     stage_seq: AtomicU64,
     /// `trusted.overlay.` with CAP_SYS_ADMIN, else `user.overlay.` (the kernel's userxattr).
     xattr_prefix: &'static [u8],
@@ -100,12 +109,12 @@ pub struct Union {
     impure_xattr: Vec<u8>,
     /// `workdir/strata-index`: one link per lower hard-link group that has an upper copy, so
     /// every name of the group finds the same upper file, also after remount.
-    index: Option<Arc<OwnedFd>>,
+    index: Option<Dir>,
     /// `overlay.strata.nlink` on an indexed file: its lower names not (yet) in the upper.
     nlink_xattr: Vec<u8>,
     /// `workdir/index`: the kernel's hard-link index (`index=on`), kept alongside strata's so
     /// kernel overlayfs mounted over this upper sees hard-link groups as one file too.
-    kernel_index: Option<Arc<OwnedFd>>,
+    kernel_index: Option<Dir>,
     no_metacopy: bool,
     static_nlink: bool,
     no_redirect: bool,
@@ -114,6 +123,8 @@ pub struct Union {
 }
 
 impl Union {
+    /// A union whose directory fd cache has the configured size (`STRATA_DIR_FDS`, else
+    /// derived from `RLIMIT_NOFILE`).
     pub fn new(stack: Stack, whiteout: crate::options::WhiteoutFormat) -> io::Result<Self> {
         let opts = UnionOptions {
             whiteout,
@@ -122,19 +133,37 @@ impl Union {
         Self::with_options(stack, &opts)
     }
 
+    /// A union keeping at most about `dir_fds` directory fds open.
+    pub fn with_dir_fds(
+        stack: Stack,
+        whiteout: crate::options::WhiteoutFormat,
+        dir_fds: usize,
+    ) -> io::Result<Self> {
+        let opts = UnionOptions {
+            whiteout,
+            dir_fds: Some(dir_fds),
+            ..UnionOptions::default()
+        };
+        Self::with_options(stack, &opts)
+    }
+
     pub fn with_options(stack: Stack, opts: &UnionOptions) -> io::Result<Self> {
+        let cache = DirCache::new(opts.dir_fds.unwrap_or_else(dircache::configured_size));
         let (work, index, kernel_index) = match (&stack.upper, &stack.work) {
             (Some(_), Some(w)) => (
-                Some(Arc::new(prepare_work(w.as_fd())?)),
-                Some(Arc::new(open_or_make_dir(w.as_fd(), INDEX)?)),
-                Some(Arc::new(open_or_make_dir(w.as_fd(), KERNEL_INDEX)?)),
+                Some(cache.fixed(prepare_work(w.as_fd())?)),
+                Some(cache.fixed(open_or_make_dir(w.as_fd(), INDEX)?)),
+                Some(cache.fixed(open_or_make_dir(w.as_fd(), KERNEL_INDEX)?)),
             ),
             // An upper without a workdir: a read-only view of it (commit reads uppers so).
             (Some(_), None) => (None, None, None),
             _ => (None, None, None),
         };
-        let privileged =
-            !opts.userxattr && work.as_ref().is_some_and(|w| can_set_trusted(w.as_fd()));
+        let privileged = !opts.userxattr
+            && work
+                .as_ref()
+                .and_then(|w| w.fd().ok())
+                .is_some_and(|w| can_set_trusted(w.as_fd()));
         let prefix: &'static [u8] = if privileged {
             b"trusted.overlay."
         } else {
@@ -143,7 +172,9 @@ impl Union {
         let chardev_whiteouts = match (opts.whiteout, &work) {
             (crate::options::WhiteoutFormat::Oci, _) | (_, None) => false,
             (crate::options::WhiteoutFormat::CharDev, _) => true,
-            (crate::options::WhiteoutFormat::Auto, Some(w)) => sys::can_mknod_whiteout(w.as_fd()),
+            (crate::options::WhiteoutFormat::Auto, Some(w)) => {
+                w.fd().is_ok_and(|w| sys::can_mknod_whiteout(w.as_fd()))
+            }
         };
         let mut layers = Vec::new();
         let uuid = |fd: &OwnedFd| {
@@ -152,14 +183,14 @@ impl Union {
         if let Some(u) = stack.upper {
             layers.push(Layer {
                 uuid: uuid(&u),
-                root: Arc::new(u),
+                root: cache.fixed(u),
                 upper: true,
             });
         }
         for l in stack.lowers {
             layers.push(Layer {
                 uuid: uuid(&l),
-                root: Arc::new(l),
+                root: cache.fixed(l),
                 upper: false,
             });
         }
@@ -176,6 +207,7 @@ impl Union {
             dirs: inode::table(),
             next_fh: AtomicU64::new(1),
             forgotten: AtomicU64::new(0),
+            dir_fds: cache,
             work,
             stage_seq: AtomicU64::new(0),
             xattr_prefix: prefix,
@@ -194,7 +226,7 @@ impl Union {
         let mut copies = Vec::new();
         let mut top = None;
         for (i, l) in u.layers.iter().enumerate() {
-            let st = sys::stat_fd(l.root.as_fd())?;
+            let st = sys::stat_fd(l.root.fd()?.as_fd())?;
             top.get_or_insert(st);
             copies.push(DirCopy::new(i, l.root.clone(), &st, l.upper));
         }
@@ -265,9 +297,11 @@ impl Union {
                 layer: 0,
                 dir,
                 name,
-            } if self.has_upper() => sys::get_xattr_value(dir.as_fd(), name, &self.ino_xattr)?,
+            } if self.has_upper() => {
+                sys::get_xattr_value(dir.fd()?.as_fd(), name, &self.ino_xattr)?
+            }
             Place::Dir(copies) if copies[0].upper() => {
-                sys::get_xattr_value(copies[0].fd.as_fd(), OsStr::new(""), &self.ino_xattr)?
+                sys::get_xattr_value(copies[0].dir.fd()?.as_fd(), OsStr::new(""), &self.ino_xattr)?
             }
             _ => None,
         };
@@ -283,6 +317,7 @@ impl Union {
             // After a large eviction (the kernel forgetting a tree walk), hand the memory back.
             if self.forgotten.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
                 self.nodes.shrink();
+                self.dir_fds.compact();
                 sys::release_free_memory();
             }
         }
@@ -291,7 +326,9 @@ impl Union {
     /// Removes the staging link that kept an unlinked file reachable.
     pub(super) fn drop_hidden_link(&self, node: &Node) {
         let mut hidden = node.hidden_link.lock().unwrap_or_else(|p| p.into_inner());
-        if let (Some(name), Some(work)) = (hidden.take(), &self.work) {
+        if let (Some(name), Some(work)) = (hidden.take(), &self.work)
+            && let Ok(work) = work.fd()
+        {
             let _ = sys::unlink_at(work.as_fd(), &name, false);
         }
     }
@@ -303,7 +340,7 @@ impl Union {
             && st.st_nlink > 1
         {
             let name = index_name(ino);
-            match sys::stat_at(index.as_fd(), &name) {
+            match sys::stat_at(index.fd()?.as_fd(), &name) {
                 Ok(ist) => {
                     let place = Place::Leaf {
                         layer: 0,
@@ -379,7 +416,7 @@ impl Union {
         if sys::set_xattr(work, tmp, &self.xattr(b"origin"), fb, 0).is_err() || !group {
             return;
         }
-        if let Some(kindex) = &self.kernel_index {
+        if let Some(kindex) = self.kernel_index.as_ref().and_then(|k| k.fd().ok()) {
             let hex: String = fb.iter().map(|b| format!("{b:02x}")).collect();
             let linked = sys::link_at(work, tmp, kindex.as_fd(), OsStr::new(&hex)).is_ok();
             let links: u64 = if linked { 2 } else { 1 };
@@ -411,11 +448,12 @@ impl Union {
             } = &node.state().place
             // An indexed file has a link in the index: more than one link, or (its last upper
             // name gone) it is reached through the index itself. Other files skip the xattr.
-            && (st.st_nlink > 1 || Arc::ptr_eq(dir, index))
-            && let Ok(Some(rest)) = self.lower_rest(dir.as_fd(), name)
+            && (st.st_nlink > 1 || Dir::ptr_eq(dir, index))
+            && let Ok(dfd) = dir.fd()
+            && let Ok(Some(rest)) = self.lower_rest(dfd.as_fd(), name)
         {
             // Upper links other than the index entries, plus the lower names still standing.
-            let links = self.index_links(dir.as_fd(), name);
+            let links = self.index_links(dfd.as_fd(), name);
             st.st_nlink = (st.st_nlink.saturating_sub(links) + rest) as _;
         }
         if let Place::Dir(copies) = &node.state().place
@@ -442,7 +480,8 @@ impl Union {
     /// A metacopy shows its data's blocks (as the kernel does), not its empty copy's.
     fn data_blocks(s: &inode::NodeState, mut st: Stat) -> Stat {
         if let Some(d) = &s.data
-            && let Ok(dst) = sys::stat_at(d.dir.as_fd(), &d.name)
+            && let Ok(dfd) = d.dir.fd()
+            && let Ok(dst) = sys::stat_at(dfd.as_fd(), &d.name)
         {
             st.st_blocks = dst.st_blocks;
         }
@@ -454,9 +493,9 @@ impl Union {
         let st = {
             let s = node.state();
             match &s.place {
-                Place::Dir(copies) => sys::stat_fd(copies[0].fd.as_fd())?,
+                Place::Dir(copies) => sys::stat_fd(copies[0].dir.fd()?.as_fd())?,
                 Place::Leaf { dir, name, .. } => {
-                    Self::data_blocks(&s, sys::stat_at(dir.as_fd(), name)?)
+                    Self::data_blocks(&s, sys::stat_at(dir.fd()?.as_fd(), name)?)
                 }
             }
         };
@@ -467,7 +506,7 @@ impl Union {
         let node = self.node(id)?;
         let s = node.state();
         match &s.place {
-            Place::Leaf { dir, name, .. } => sys::readlink_at(dir.as_fd(), name),
+            Place::Leaf { dir, name, .. } => sys::readlink_at(dir.fd()?.as_fd(), name),
             Place::Dir(_) => Err(err(libc::EINVAL)),
         }
     }
@@ -485,12 +524,17 @@ impl Union {
             match (&s.place, &s.data) {
                 // A metacopy read from where its data is (writes have completed the copy).
                 (Place::Leaf { .. }, Some(d)) => {
-                    (sys::open_file_at(d.dir.as_fd(), &d.name, flags)?, true)
+                    let dfd = d.dir.fd()?;
+                    let f = d
+                        .dir
+                        .retry(|| sys::open_file_at(dfd.as_fd(), &d.name, flags))?;
+                    (f, true)
                 }
-                (Place::Leaf { dir, name, .. }, None) => (
-                    sys::open_file_at(dir.as_fd(), name, flags)?,
-                    !Self::in_upper(&s.place),
-                ),
+                (Place::Leaf { dir, name, .. }, None) => {
+                    let dfd = dir.fd()?;
+                    let f = dir.retry(|| sys::open_file_at(dfd.as_fd(), name, flags))?;
+                    (f, !Self::in_upper(&s.place))
+                }
                 (Place::Dir(_), _) => return Err(err(libc::EISDIR)),
             }
         };
@@ -537,7 +581,8 @@ impl Union {
             let s = node.state();
             match &s.place {
                 Place::Leaf { dir, name, .. } => {
-                    Arc::new(sys::open_file_at(dir.as_fd(), name, libc::O_RDONLY)?)
+                    let dfd = dir.fd()?;
+                    Arc::new(dir.retry(|| sys::open_file_at(dfd.as_fd(), name, libc::O_RDONLY))?)
                 }
                 Place::Dir(_) => return Err(err(libc::EISDIR)),
             }
@@ -549,12 +594,11 @@ impl Union {
         Ok(upper)
     }
 
+    /// Closes a file handle. An unlinked file's hidden link stays until the kernel forgets
+    /// the node: it may still ask about it (an `O_PATH` fd, a second open file).
     pub fn release(&self, fh: u64) {
-        if let Some((_, (node, _, _))) = self.files.remove(&fh)
-            && node.opens.fetch_sub(1, Ordering::Relaxed) == 1
-            && node.unlinked.load(Ordering::Relaxed)
-        {
-            self.drop_hidden_link(&node);
+        if let Some((_, (node, _, _))) = self.files.remove(&fh) {
+            node.opens.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -563,9 +607,23 @@ impl Union {
         if !node.is_dir {
             return Err(err(libc::ENOTDIR));
         }
+        // An open directory keeps its fds (and a removed one is still listed, empty).
+        let copies: Vec<Dir> = match &node.state().place {
+            Place::Dir(copies) => copies.iter().map(|c| c.dir.clone()).collect(),
+            Place::Leaf { .. } => Vec::new(),
+        };
+        let mut pinned = Vec::with_capacity(copies.len());
+        for d in copies {
+            if let Err(e) = d.pin() {
+                pinned.iter().for_each(Dir::unpin);
+                return Err(e);
+            }
+            pinned.push(d);
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let h = DirHandle {
             node,
+            pinned,
             entries: None,
         };
         self.dirs.insert(fh, Arc::new(Mutex::new(h)));
@@ -662,7 +720,15 @@ impl Union {
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dirs.remove(&fh);
+        if let Some((_, h)) = self.dirs.remove(&fh) {
+            let h = h.lock().unwrap_or_else(|p| p.into_inner());
+            h.pinned.iter().for_each(Dir::unpin);
+        }
+    }
+
+    /// Counters of the directory fd cache.
+    pub fn dir_fd_stats(&self) -> DirFdStats {
+        self.dir_fds.stats()
     }
 
     /// The merged listing of a directory, with the stable inode numbers lookup reports.
@@ -675,7 +741,7 @@ impl Union {
                     return Ok(None);
                 }
                 let v = sys::get_xattr_value(
-                    copy.fd.as_fd(),
+                    copy.dir.fd()?.as_fd(),
                     OsStr::from_bytes(name),
                     &self.ino_xattr,
                 )?;
@@ -687,7 +753,7 @@ impl Union {
 
     /// Space of the upper layer (where writes go), else of the top lower layer.
     pub fn statfs(&self) -> io::Result<StatVfs> {
-        sys::statvfs(self.layers[0].root.as_fd())
+        sys::statvfs(self.layers[0].root.fd()?.as_fd())
     }
 
     /// Where a node's xattrs are read: (directory fd, name in it; empty for the fd itself).
@@ -699,8 +765,8 @@ impl Union {
         let node = self.node(id)?;
         let s = node.state();
         match &s.place {
-            Place::Dir(copies) => f(copies[0].fd.as_fd(), OsStr::new("")),
-            Place::Leaf { dir, name, .. } => f(dir.as_fd(), name),
+            Place::Dir(copies) => f(copies[0].dir.fd()?.as_fd(), OsStr::new("")),
+            Place::Leaf { dir, name, .. } => f(dir.fd()?.as_fd(), name),
         }
     }
 

@@ -4,11 +4,12 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::dircache::Dir;
 use super::inode::{Node, Place};
 use super::layer::{WH_PREFIX, stored_xattr_name};
 use super::{Union, err, lookup};
@@ -111,7 +112,7 @@ impl Union {
         make: impl FnOnce(BorrowedFd<'_>, &OsStr) -> io::Result<()>,
     ) -> io::Result<(Arc<Node>, Stat)> {
         Self::check_name(name)?;
-        let pdir = self.upper_dir(parent)?;
+        let pdir = self.upper_dir(parent)?.fd()?;
         let pdir = pdir.as_fd();
         let hole = self.hole_at(pdir, name)?;
         if mode & libc::S_IFMT == libc::S_IFREG && hole == Hole::Empty {
@@ -122,7 +123,8 @@ impl Union {
                 Err(e) => return Err(e),
             }
         }
-        let work = self.work()?.as_fd();
+        let work = self.work_fd()?;
+        let work = work.as_fd();
         let tmp = self.stage_name();
         let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
         let staged = (|| {
@@ -304,17 +306,18 @@ impl Union {
         let (src_dir, src_name) = {
             let s = node.state();
             match &s.place {
-                Place::Leaf { dir, name, .. } => (dir.clone(), name.clone()),
+                Place::Leaf { dir, name, .. } => (dir.fd()?, name.clone()),
                 Place::Dir(_) => return Err(err(libc::EPERM)),
             }
         };
         Self::check_name(newname)?;
-        let pdir = self.upper_dir(&np)?;
+        let pdir = self.upper_dir(&np)?.fd()?;
         self.mark_impure(pdir.as_fd());
         match self.hole_at(pdir.as_fd(), newname)? {
             Hole::Empty => sys::link_at(src_dir.as_fd(), &src_name, pdir.as_fd(), newname)?,
             hole => {
-                let work = self.work()?.as_fd();
+                let work = self.work_fd()?;
+                let work = work.as_fd();
                 let tmp = self.stage_name();
                 sys::link_at(src_dir.as_fd(), &src_name, work, &tmp)?;
                 let how = if hole == Hole::Whiteout {
@@ -373,15 +376,17 @@ impl Union {
                 return Err(err(libc::ENOTEMPTY));
             }
         }
-        let pdir = self.upper_dir(p)?;
-        let pdir = pdir.as_fd();
+        let pdir_dir = self.upper_dir(p)?;
+        let pfd = pdir_dir.fd()?;
+        let pdir = pfd.as_fd();
         let below = self.lower_has(p, name)?;
         let in_upper = if dir {
             Self::in_upper(&node.state().place)
         } else {
             self.name_in_upper(pdir, name)?
         };
-        let work = self.work()?.as_fd();
+        let work = self.work_fd()?;
+        let work = work.as_fd();
         if !dir && !in_upper {
             // Only a lower name goes: its hard-link group (if any) loses a member.
             self.forget_lower_name(node)?;
@@ -396,7 +401,16 @@ impl Union {
                 } else {
                     RenameMode::NoReplace
                 };
+                // Its fd stays open (held across the move, kept for good after): the kernel
+                // may still ask about the directory, which no path reaches any more.
+                let upper = match &node.state().place {
+                    Place::Dir(copies) => copies[0].dir.clone(),
+                    Place::Leaf { .. } => return Err(err(libc::ENOTDIR)),
+                };
+                let held = upper.fd()?;
                 sys::rename_at(pdir, name, work, &tmp, how)?;
+                upper.detach()?;
+                drop(held);
                 if below && !self.chardev_whiteouts {
                     self.whiteout(pdir, name)?;
                 }
@@ -404,7 +418,7 @@ impl Union {
                 clear_dir(staged.as_fd())?;
                 sys::unlink_at(work, &tmp, true)?;
             } else {
-                self.keep_reachable(node, pdir, name)?;
+                self.keep_reachable(node, &pdir_dir, pdir, name)?;
                 if below && self.chardev_whiteouts {
                     let tmp = self.stage_name();
                     sys::rename_at(pdir, name, work, &tmp, RenameMode::Whiteout)?;
@@ -424,38 +438,49 @@ impl Union {
         let last = node.is_dir
             || (Self::in_upper(&node.state().place)
                 && self.getattr(node.id).map_or(true, |st| st.st_nlink == 0));
+        // (A hidden link stays until the kernel forgets the node: it may still ask about it.)
         if last {
             node.unlinked.store(true, Ordering::Relaxed);
-            if node.opens.load(Ordering::Relaxed) == 0 {
-                self.drop_hidden_link(node);
-            }
         }
         Ok(())
     }
 
-    /// Before the upper name of a file goes: if the file is open or has other names, give it a
-    /// hidden link in the staging dir and point the node there, so it stays reachable.
+    /// Before the upper name `name` of a file goes from `pdir` (open as `pfd`), keeps the file
+    /// reachable for the requests that need no name, until the kernel forgets the node: one
+    /// that is open or has other names gets a hidden link in the staging dir; otherwise (its
+    /// last name, unopened: a fifo, a device or an `O_PATH` fd) an `O_PATH` fd of it is kept,
+    /// as kernel overlayfs keeps the upper inode. The node then points there.
     fn keep_reachable(
         &self,
         node: &Arc<Node>,
-        pdir: BorrowedFd<'_>,
+        pdir: &Dir,
+        pfd: BorrowedFd<'_>,
         name: &OsStr,
     ) -> io::Result<()> {
         // Only a node reached through this very name needs a new way in.
         let here = matches!(&node.state().place,
             Place::Leaf { dir, name: real, .. }
-                if real.as_os_str() == name && dir.as_raw_fd() == pdir.as_raw_fd());
+                if real.as_os_str() == name && Dir::ptr_eq(dir, pdir));
         if !here {
             return Ok(());
         }
-        let st = sys::stat_at(pdir, name)?;
+        let st = sys::stat_at(pfd, name)?;
         if node.opens.load(Ordering::Relaxed) == 0 && st.st_nlink <= 1 {
+            // Without an fd to spare, the file goes at once (getattr then fails, and
+            // `fresh_ino` keeps a new file from being taken for it).
+            if let Ok(fd) = pdir.retry(|| sys::open_path_at(pfd, name)) {
+                node.state_mut().place = Place::Leaf {
+                    layer: 0,
+                    dir: self.dir_fds.fixed(fd),
+                    name: OsString::new(),
+                };
+            }
             return Ok(());
         }
         // An indexed file is always reachable through its index entry.
         if let Some(index) = &self.index {
             let entry = super::index_name(node.ino);
-            if sys::exists_at(index.as_fd(), &entry)? {
+            if sys::exists_at(index.fd()?.as_fd(), &entry)? {
                 node.state_mut().place = Place::Leaf {
                     layer: 0,
                     dir: index.clone(),
@@ -468,7 +493,7 @@ impl Union {
         if hidden.is_none() {
             let work = self.work()?;
             let tmp = self.stage_name();
-            sys::link_at(pdir, name, work.as_fd(), &tmp)?;
+            sys::link_at(pfd, name, work.fd()?.as_fd(), &tmp)?;
             let mut s = node.state_mut();
             s.place = Place::Leaf {
                 layer: 0,
@@ -495,11 +520,11 @@ impl Union {
         } else {
             self.copy_up_meta(&node)?;
         }
-        let (dir, name): (Arc<OwnedFd>, OsString) = {
+        let (dir, name) = {
             let s = node.state();
             match &s.place {
-                Place::Leaf { dir, name, .. } => (dir.clone(), name.clone()),
-                Place::Dir(copies) => (copies[0].fd.clone(), OsString::from(".")),
+                Place::Leaf { dir, name, .. } => (dir.fd()?, name.clone()),
+                Place::Dir(copies) => (copies[0].dir.fd()?, OsString::from(".")),
             }
         };
         let dir = dir.as_fd();
@@ -645,27 +670,30 @@ impl Union {
             self.copy_up(src)?;
             let pdir = self.upper_dir(p)?;
             let npdir = self.upper_dir(np)?;
+            let (pfd, npfd) = (pdir.fd()?, npdir.fd()?);
             let below = self.lower_has(p, name)?;
             if src.is_dir {
                 self.prepare_dir_move(p, src, name, np, newname)?;
-            } else if !self.name_in_upper(pdir.as_fd(), name)? {
-                self.link_name_up(src, pdir.as_fd(), name)?;
+            } else if !self.name_in_upper(pfd.as_fd(), name)? {
+                self.link_name_up(src, pfd.as_fd(), name)?;
             }
             if let Some(t) = &target
                 && !t.is_dir
             {
-                if self.name_in_upper(npdir.as_fd(), newname)? {
+                if self.name_in_upper(npfd.as_fd(), newname)? {
                     // The replaced file may live on under other names or open handles.
-                    self.keep_reachable(t, npdir.as_fd(), newname)?;
+                    self.keep_reachable(t, &npdir, npfd.as_fd(), newname)?;
                 } else {
                     self.forget_lower_name(t)?;
                 }
             }
             let target_hole = match &target {
                 Some(t) if !t.is_dir && Self::in_upper(&t.state().place) => Hole::Empty,
-                _ => self.hole_at(npdir.as_fd(), newname).unwrap_or(Hole::Empty),
+                _ => self.hole_at(npfd.as_fd(), newname).unwrap_or(Hole::Empty),
             };
-            let (pd, npd) = (pdir.as_fd(), npdir.as_fd());
+            // A directory's fd stays open across the move: nothing needs its old path then.
+            let _held = upper_fd(src)?;
+            let (pd, npd) = (pfd.as_fd(), npfd.as_fd());
             if src.is_dir && target_hole == Hole::Whiteout {
                 // A directory cannot replace a device: swap them, which leaves the whiteout
                 // at the old name, where it is needed if a lower copy stays behind.
@@ -686,7 +714,7 @@ impl Union {
             }
             self.mark_impure(npd);
             if target_hole == Hole::OciWhiteout {
-                sys::unlink_at(npdir.as_fd(), &oci_name(newname), false)?;
+                sys::unlink_at(npd, &oci_name(newname), false)?;
             }
             // The replaced file is gone only if that was its last name.
             if let Some(t) = &target
@@ -717,7 +745,7 @@ impl Union {
         newname: &OsStr,
     ) -> io::Result<()> {
         let (upper, has_lower) = match &src.state().place {
-            Place::Dir(copies) => (copies[0].fd.clone(), copies.iter().any(|c| !c.upper())),
+            Place::Dir(copies) => (copies[0].dir.fd()?, copies.iter().any(|c| !c.upper())),
             Place::Leaf { .. } => return Err(err(libc::ENOTDIR)),
         };
         let here = OsStr::new("");
@@ -786,8 +814,9 @@ impl Union {
         self.copy_up(b)?;
         let pdir = self.upper_dir(p)?;
         let npdir = self.upper_dir(np)?;
+        let (pfd, npfd) = (pdir.fd()?, npdir.fd()?);
         for (n, parent, dir, name, other_parent, other) in
-            [(a, p, &pdir, an, np, bn), (b, np, &npdir, bn, p, an)]
+            [(a, p, &pfd, an, np, bn), (b, np, &npfd, bn, p, an)]
         {
             if n.is_dir {
                 self.prepare_dir_move(parent, n, name, other_parent, other)?;
@@ -795,9 +824,10 @@ impl Union {
                 self.link_name_up(n, dir.as_fd(), name)?;
             }
         }
-        sys::rename_at(pdir.as_fd(), an, npdir.as_fd(), bn, RenameMode::Exchange)?;
-        self.mark_impure(pdir.as_fd());
-        self.mark_impure(npdir.as_fd());
+        let _held = (upper_fd(a)?, upper_fd(b)?);
+        sys::rename_at(pfd.as_fd(), an, npfd.as_fd(), bn, RenameMode::Exchange)?;
+        self.mark_impure(pfd.as_fd());
+        self.mark_impure(npfd.as_fd());
         moved(a, np, bn, &pdir, &npdir);
         moved(b, p, an, &npdir, &pdir);
         Ok(())
@@ -814,17 +844,33 @@ impl Union {
 /// Records that `node` is now `name` in `parent`, whose upper copy is `to`. A file that lived
 /// in `from` (its old upper directory) follows; one reached through the index or a hidden link
 /// stays where it is.
-fn moved(node: &Node, parent: &Arc<Node>, name: &OsStr, from: &Arc<OwnedFd>, to: &Arc<OwnedFd>) {
+fn moved(node: &Node, parent: &Arc<Node>, name: &OsStr, from: &Dir, to: &Dir) {
     let mut s = node.state_mut();
     s.parent = Some(parent.clone());
     s.name = name.to_owned();
-    if let Place::Leaf {
-        dir, name: real, ..
-    } = &mut s.place
-        && Arc::ptr_eq(dir, from)
-    {
-        *dir = to.clone();
-        *real = name.to_owned();
+    match &mut s.place {
+        Place::Leaf {
+            dir, name: real, ..
+        } if Dir::ptr_eq(dir, from) => {
+            *dir = to.clone();
+            *real = name.to_owned();
+        }
+        // A directory's upper copy is found by its path from then on (its lower copies stay
+        // where they are).
+        Place::Dir(copies) => {
+            if let Some(c) = copies.first().filter(|c| c.upper()) {
+                c.dir.moved(to, name);
+            }
+        }
+        Place::Leaf { .. } => {}
+    }
+}
+
+/// An open fd of a directory node's upper copy (None for other nodes), to hold while it moves.
+fn upper_fd(node: &Node) -> io::Result<Option<super::dircache::DirFd>> {
+    match &node.state().place {
+        Place::Dir(copies) if copies[0].upper() => copies[0].dir.fd().map(Some),
+        _ => Ok(None),
     }
 }
 

@@ -104,7 +104,11 @@ impl Overrides {
         work: bool,
         mode: XattrPermissions,
     ) -> io::Result<Self> {
-        let roots: Vec<_> = layers.iter().map(|l| l.root.as_fd()).collect();
+        let fds = layers
+            .iter()
+            .map(|l| l.root.fd())
+            .collect::<io::Result<Vec<_>>>()?;
+        let roots: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
         let upper = layers.first().is_some_and(|l| l.upper) && work;
         Self::detect(&roots, upper, mode)
     }
@@ -154,10 +158,16 @@ impl Union {
         match &s.place {
             Place::Dir(copies) => {
                 let top = &copies[0];
-                self.overrides
-                    .apply(top.layer, top.fd.as_fd(), OsStr::new(""), st)
+                if let Ok(fd) = top.dir.fd() {
+                    self.overrides
+                        .apply(top.layer, fd.as_fd(), OsStr::new(""), st)
+                }
             }
-            Place::Leaf { layer, dir, name } => self.overrides.apply(*layer, dir.as_fd(), name, st),
+            Place::Leaf { layer, dir, name } => {
+                if let Ok(fd) = dir.fd() {
+                    self.overrides.apply(*layer, fd.as_fd(), name, st)
+                }
+            }
         }
     }
 

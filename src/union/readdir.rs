@@ -34,9 +34,10 @@ pub fn merge(
     for copy in copies {
         // Whiteouts in this copy hide names in lower copies only.
         let mut hidden: Vec<Box<[u8]>> = Vec::new();
-        let impure = copy.upper()
-            && sys::get_xattr_value(copy.fd.as_fd(), OsStr::new(""), impure)?.is_some();
-        sys::read_dir(copy.fd.as_fd(), |e| {
+        let fd = copy.dir.fd()?;
+        let impure =
+            copy.upper() && sys::get_xattr_value(fd.as_fd(), OsStr::new(""), impure)?.is_some();
+        copy.dir.read_dir(|e| {
             if e.name == OPAQUE_MARKER || seen.contains(e.name) {
                 return Ok(());
             }
@@ -50,7 +51,7 @@ pub fn merge(
             }
             let kind = match e.kind {
                 FileType::Unknown => {
-                    let st = sys::stat_at(copy.fd.as_fd(), OsStr::from_bytes(e.name))?;
+                    let st = sys::stat_at(fd.as_fd(), OsStr::from_bytes(e.name))?;
                     FileType::from_raw_mode(st.st_mode)
                 }
                 k => k,

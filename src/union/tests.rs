@@ -160,11 +160,12 @@ fn internal_xattrs_are_hidden() {
     assert_eq!(u.getxattr(d.id, b"user.visible", &mut []).unwrap(), 1);
 }
 
-/// A file created where a just-deleted file's inode number is still held by a node the
-/// kernel has not forgotten must not be taken for that old file (found by the long
+/// A file unlinked while the kernel still holds its node keeps its inode (as kernel overlayfs
+/// keeps the upper inode): getattr answers, with no links, until the kernel forgets it, and
+/// no new file can be given its inode number and be taken for it meanwhile (found by the long
 /// differential run: under load, FORGET comes late and ext4 reuses inode numbers at once).
 #[test]
-fn new_file_reusing_a_held_inode_number_is_a_new_node() {
+fn unlinked_file_held_by_the_kernel_keeps_its_inode() {
     let t = tempfile::tempdir().unwrap();
     let (low, up, work) = (t.path().join("l"), t.path().join("u"), t.path().join("w"));
     for d in [&low, &up, &work] {
@@ -180,7 +181,7 @@ fn new_file_reusing_a_held_inode_number_is_a_new_node() {
     )
     .unwrap();
     let who = Caller { uid: 0, gid: 0 };
-    let mut reused = 0;
+    let mut held = Vec::new();
     for i in 0..20 {
         let old = format!("old{i}");
         let new = format!("new{i}");
@@ -188,25 +189,291 @@ fn new_file_reusing_a_held_inode_number_is_a_new_node() {
             .create(ROOT_ID, OsStr::new(&old), 0o644, libc::O_WRONLY, who)
             .unwrap();
         u.release(fh);
-        let real = fs::metadata(up.join(&old)).unwrap();
+        let real = fs::metadata(up.join(&old)).unwrap().ino();
         u.unlink(ROOT_ID, OsStr::new(&old)).unwrap();
-        // The kernel still holds `a` (no forget): a new file must not become it.
+        // The kernel still holds `a` (no forget): it answers, and a new file must not become it.
+        let st = u.getattr(a.id).unwrap();
+        assert_eq!((st.st_ino, st.st_nlink), (a.ino, 0), "round {i}");
         let (b, st, fh, _) = u
             .create(ROOT_ID, OsStr::new(&new), 0o644, libc::O_WRONLY, who)
             .unwrap();
         u.write(fh, 0, b"new").unwrap();
         u.release(fh);
-        if fs::metadata(up.join(&new)).unwrap().ino() == std::os::unix::fs::MetadataExt::ino(&real)
-        {
-            reused += 1;
-        }
+        assert_ne!(fs::metadata(up.join(&new)).unwrap().ino(), real);
         assert_ne!(a.id, b.id, "round {i}: new file took the old node");
         assert_eq!(st.st_ino, b.ino);
         let (c, _) = u.lookup(ROOT_ID, OsStr::new(&new)).unwrap();
         assert_eq!(c.id, b.id, "lookup finds the new node again");
+        u.forget(c.id, 1);
+        held.push(a);
     }
+    // Once forgotten, the inode goes.
+    for a in held {
+        u.forget(a.id, 1);
+        assert_eq!(
+            u.getattr(a.id).err().and_then(|e| e.raw_os_error()),
+            Some(libc::ESTALE)
+        );
+    }
+}
+
+/// A union over one lower with an upper and workdir, keeping at most `dir_fds` directory fds.
+fn writable(t: &Path, dir_fds: usize) -> Union {
+    let (low, up, work) = (t.join("l"), t.join("u"), t.join("w"));
+    for d in [&low, &up, &work] {
+        fs::create_dir_all(d).unwrap();
+    }
+    Union::with_dir_fds(
+        Stack {
+            upper: Some(sys::open_root(&up).unwrap()),
+            work: Some(sys::open_root(&work).unwrap()),
+            lowers: vec![sys::open_root(&low).unwrap()],
+        },
+        crate::options::WhiteoutFormat::Auto,
+        dir_fds,
+    )
+    .unwrap()
+}
+
+/// The node at a '/'-separated path.
+fn walk_to(u: &Union, path: &str) -> Arc<Node> {
+    let mut id = ROOT_ID;
+    let mut node = None;
+    for c in path.split('/') {
+        let (n, _) = u
+            .lookup(id, OsStr::new(c))
+            .unwrap_or_else(|e| panic!("{path}: {c}: {e}"));
+        id = n.id;
+        node = Some(n);
+    }
+    node.unwrap()
+}
+
+fn read_all(u: &Union, id: u64) -> Vec<u8> {
+    let (fh, _) = u.open(id, libc::O_RDONLY).unwrap();
+    let data = u.read(fh, 0, 1 << 16).unwrap();
+    u.release(fh);
+    data
+}
+
+/// Directories whose fds were closed are found again by their path from the layer root, also
+/// after renames, exchanges and removals through the union moved them (or their ancestors).
+#[test]
+fn renames_of_evicted_directories() {
+    let t = tempfile::tempdir().unwrap();
+    let low = t.path().join("l");
+    fs::create_dir_all(low.join("a/b/c")).unwrap();
+    fs::write(low.join("a/b/c/f"), "lower f").unwrap();
+    fs::create_dir_all(low.join("x/y")).unwrap();
+    let u = writable(t.path(), 2);
+    let who = Caller { uid: 0, gid: 0 };
+    let c = walk_to(&u, "a/b/c");
+    let f = walk_to(&u, "a/b/c/f");
+    let x = walk_to(&u, "x");
+    // Upper-only directories too.
+    let (m, _) = u.mkdir(ROOT_ID, OsStr::new("m"), 0o755, who).unwrap();
+    let (n, _) = u.mkdir(m.id, OsStr::new("n"), 0o755, who).unwrap();
+    let (o, _) = u.mkdir(n.id, OsStr::new("o"), 0o755, who).unwrap();
+    let stats = u.dir_fd_stats();
+    assert!(stats.open <= 3, "{stats:?}");
+    assert!(stats.evictions > 0, "{stats:?}");
+
+    // A merged directory moves (copy-up, redirect), and an upper-only one, into another.
+    u.rename(
+        ROOT_ID,
+        OsStr::new("a"),
+        x.id,
+        OsStr::new("a2"),
+        RenameMode::Replace,
+    )
+    .unwrap();
+    u.dir_fds.evict_all();
+    u.rename(
+        ROOT_ID,
+        OsStr::new("m"),
+        x.id,
+        OsStr::new("m2"),
+        RenameMode::Replace,
+    )
+    .unwrap();
+    u.dir_fds.evict_all();
+    // The old nodes work through reopened fds...
+    assert_eq!(names(&u, c.id), ["f"]);
+    assert_eq!(read_all(&u, f.id), b"lower f");
+    let (g, _, fh, _) = u
+        .create(o.id, OsStr::new("g"), 0o644, libc::O_WRONLY, who)
+        .unwrap();
+    u.release(fh);
     assert!(
-        reused > 0,
-        "the filesystem never reused an inode number: the test proved nothing"
+        t.path().join("u/x/m2/n/o/g").exists(),
+        "created where o is now"
     );
+    u.dir_fds.evict_all();
+    // ...and the new paths find the same nodes.
+    assert_eq!(walk_to(&u, "x/a2/b/c").id, c.id);
+    assert_eq!(walk_to(&u, "x/m2/n/o/g").id, g.id);
+    assert_eq!(names(&u, x.id), ["a2", "m2", "y"]);
+    assert_eq!(names(&u, ROOT_ID), ["x"]);
+
+    // Copy-up below a moved, evicted directory lands in its new place.
+    let (fh, _) = u.open(f.id, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    u.write(fh, 0, b"upper f").unwrap();
+    u.release(fh);
+    assert_eq!(fs::read(t.path().join("u/x/a2/b/c/f")).unwrap(), b"upper f");
+
+    // Exchange, then move back under the root, evicting between each step.
+    let b = walk_to(&u, "x/a2/b");
+    u.dir_fds.evict_all();
+    u.rename(
+        x.id,
+        OsStr::new("a2"),
+        x.id,
+        OsStr::new("m2"),
+        RenameMode::Exchange,
+    )
+    .unwrap();
+    u.dir_fds.evict_all();
+    assert_eq!(names(&u, b.id), ["c"]);
+    assert_eq!(names(&u, n.id), ["o"]);
+    assert_eq!(walk_to(&u, "x/m2/b/c/f").id, f.id);
+    u.rename(
+        x.id,
+        OsStr::new("a2"),
+        ROOT_ID,
+        OsStr::new("top"),
+        RenameMode::Replace,
+    )
+    .unwrap();
+    u.dir_fds.evict_all();
+    assert_eq!(walk_to(&u, "top/n/o/g").id, g.id);
+    assert_eq!(read_all(&u, g.id), b"");
+    assert_eq!(read_all(&u, f.id), b"upper f");
+
+    // A removed directory still answers (its fd was kept).
+    let (fh, _) = u.open(g.id, libc::O_RDONLY).unwrap();
+    u.release(fh);
+    u.unlink(o.id, OsStr::new("g")).unwrap();
+    u.rmdir(n.id, OsStr::new("o")).unwrap();
+    u.dir_fds.evict_all();
+    assert_eq!(u.getattr(o.id).unwrap().st_nlink, 0);
+    assert_eq!(lookup_errno(&u, n.id, "o"), Some(libc::ENOENT));
+    let stats = u.dir_fd_stats();
+    assert!(stats.reopens > 10, "{stats:?}");
+}
+
+/// An open directory keeps its fds whatever the cache's size.
+#[test]
+fn open_directories_keep_their_fds() {
+    let t = tempfile::tempdir().unwrap();
+    for i in 0..20 {
+        fs::create_dir_all(t.path().join(format!("l/d{i}"))).unwrap();
+    }
+    let u = writable(t.path(), 1);
+    let fhs: Vec<u64> = (0..20)
+        .map(|i| {
+            let n = walk_to(&u, &format!("d{i}"));
+            u.opendir(n.id).unwrap()
+        })
+        .collect();
+    let s = u.dir_fd_stats();
+    assert!(s.open >= 20, "pinned ones are never closed: {s:?}");
+    let before = s.reopens;
+    for &fh in &fhs {
+        u.readdir(fh, 0, |_, _, _, _| false).unwrap();
+    }
+    assert_eq!(
+        u.dir_fd_stats().reopens,
+        before,
+        "listing open ones reopens nothing"
+    );
+    for fh in fhs {
+        u.releasedir(fh);
+    }
+    walk_to(&u, "d0");
+    assert!(u.dir_fd_stats().open <= 2);
+}
+
+/// Fifos, devices and symlinks the kernel still holds after their last name went (an open
+/// fifo, an `O_PATH` fd) answer GETATTR with no links, and the requests that need no name,
+/// until FORGET; as kernel overlayfs answers from the upper inode it keeps.
+#[test]
+fn unlinked_special_files_answer_until_forgotten() {
+    let t = tempfile::tempdir().unwrap();
+    let u = writable(t.path(), 2);
+    let who = Caller { uid: 0, gid: 0 };
+    let root = rustix::process::geteuid().is_root();
+    let mut nodes = vec![
+        u.mknod(ROOT_ID, OsStr::new("fifo"), libc::S_IFIFO | 0o644, 0, who)
+            .unwrap()
+            .0,
+        u.symlink(ROOT_ID, OsStr::new("sl"), OsStr::new("target"), who)
+            .unwrap()
+            .0,
+        u.create(ROOT_ID, OsStr::new("reg"), 0o644, libc::O_WRONLY, who)
+            .map(|(n, _, fh, _)| {
+                u.release(fh);
+                n
+            })
+            .unwrap(),
+    ];
+    if root {
+        let dev = rustix::fs::makedev(1, 3);
+        nodes.push(
+            u.mknod(ROOT_ID, OsStr::new("dev"), libc::S_IFCHR | 0o600, dev, who)
+                .unwrap()
+                .0,
+        );
+    }
+    for n in &nodes {
+        let name = n.state().name.clone();
+        let before = u.getattr(n.id).unwrap();
+        u.unlink(ROOT_ID, &name).unwrap();
+        u.dir_fds.evict_all();
+        let st = u.getattr(n.id).unwrap();
+        assert_eq!(st.st_nlink, 0, "{name:?}");
+        assert_eq!(
+            (st.st_ino, st.st_mode, st.st_rdev),
+            (n.ino, before.st_mode, before.st_rdev)
+        );
+        assert_eq!(
+            lookup_errno(&u, ROOT_ID, name.to_str().unwrap()),
+            Some(libc::ENOENT)
+        );
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            assert_eq!(u.readlink(n.id).unwrap(), b"target");
+            continue;
+        }
+        let set = SetAttr {
+            mode: Some(0o640),
+            mtime: Some(SetTime::At(1000, 0)),
+            ..Default::default()
+        };
+        let st = u.setattr(n.id, &set).unwrap();
+        assert_eq!(
+            (st.st_mode & 0o7777, st.st_mtime),
+            (0o640, 1000),
+            "{name:?}"
+        );
+        assert_eq!(u.listxattr(n.id).unwrap(), b"", "{name:?}");
+    }
+    // Reopened by the kernel (an O_PATH fd through /proc): the regular file's data is there.
+    let reg = &nodes[2];
+    let (fh, _) = u.open(reg.id, libc::O_RDWR).unwrap();
+    u.write(fh, 0, b"still here").unwrap();
+    assert_eq!(u.read(fh, 0, 100).unwrap(), b"still here");
+    assert_eq!(u.getattr_fh(reg.id, fh).unwrap().st_nlink, 0);
+    u.setxattr(reg.id, b"user.k", b"v", 0).unwrap();
+    assert_eq!(u.listxattr(reg.id).unwrap(), b"user.k\0");
+    u.release(fh);
+    assert_eq!(
+        u.getattr(reg.id).unwrap().st_size,
+        10,
+        "after the last close too"
+    );
+    for n in &nodes {
+        u.forget(n.id, 1);
+        assert!(u.getattr(n.id).is_err());
+    }
+    // Nothing was left behind in the staging dir.
+    assert_eq!(fs::read_dir(t.path().join("w/work")).unwrap().count(), 0);
 }

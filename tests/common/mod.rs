@@ -187,8 +187,27 @@ impl StrataMount {
     /// the mount is live. The server's stderr goes to a log beside `mnt`, quoted if it fails
     /// to mount.
     pub fn spawn(args: &[OsString], mnt: &Path) -> StrataMount {
+        StrataMount::spawn_env(args, mnt, &[])
+    }
+
+    /// [`StrataMount::spawn`] with variables added to strata's environment.
+    pub fn spawn_env(args: &[OsString], mnt: &Path, env: &[(&str, &str)]) -> StrataMount {
+        let mut cmd = Command::new(STRATA);
+        cmd.envs(env.iter().copied());
+        StrataMount::spawn_cmd(cmd, args, mnt)
+    }
+
+    /// [`StrataMount::spawn`] run by `wrapper` (a program and its arguments that execs the
+    /// rest of its command line, such as `prlimit --nofile=256:256`).
+    pub fn spawn_under(wrapper: &[&str], args: &[OsString], mnt: &Path) -> StrataMount {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(STRATA);
+        StrataMount::spawn_cmd(cmd, args, mnt)
+    }
+
+    fn spawn_cmd(mut cmd: Command, args: &[OsString], mnt: &Path) -> StrataMount {
         let log = mnt.with_extension("strata.log");
-        let mut child = Command::new(STRATA)
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -248,6 +267,30 @@ impl StrataMount {
     pub fn with_upper(layers: &[PathBuf], upper: &Path, work: &Path, mnt: &Path) -> StrataMount {
         let opt = upper_opt(&lower_views(layers), upper, work);
         StrataMount::start(&[OsStr::new("-o"), OsStr::from_bytes(&opt)], mnt)
+    }
+
+    /// [`StrataMount::with_upper`] with more mount options (`extra`, comma-separated; may be
+    /// empty) and variables added to strata's environment.
+    pub fn with_upper_env(
+        layers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> StrataMount {
+        let mut opt = upper_opt(layers, upper, work);
+        if !extra.is_empty() {
+            opt.push(b',');
+            opt.extend_from_slice(extra.as_bytes());
+        }
+        let argv: Vec<OsString> = vec![
+            "-f".into(),
+            "-o".into(),
+            OsStr::from_bytes(&opt).into(),
+            mnt.into(),
+        ];
+        StrataMount::spawn_env(&argv, mnt, env)
     }
 
     /// Kills the server (our child) with SIGKILL, an unclean stop, and detaches its dead
