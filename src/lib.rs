@@ -6,6 +6,7 @@ pub mod image;
 pub mod launcher;
 pub mod mount;
 pub mod options;
+pub mod registry;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod union;
