@@ -32,6 +32,132 @@ fn skip(why: &str) {
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// NAME.key and a self-signed NAME.crt in `dir`.
+fn self_signed(dir: &Path, name: &str, subject: &str, extra: &[&str]) {
+    let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
+    let mut args = vec![
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &crt, "-days",
+        "2", "-subj", subject,
+    ];
+    args.extend_from_slice(extra);
+    openssl(&args, dir);
+}
+
+/// A certificate authority made for the test (openssl).
+struct TestCa {
+    dir: PathBuf,
+}
+
+impl TestCa {
+    fn new(dir: &Path) -> TestCa {
+        let dir = dir.join("ca");
+        fs::create_dir_all(&dir).unwrap();
+        self_signed(
+            &dir,
+            "ca",
+            "/CN=strata test CA",
+            &[
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+            ],
+        );
+        TestCa { dir }
+    }
+
+    fn ca_crt(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// A server certificate for 127.0.0.1 signed by the CA.
+    fn server_cert(&self, out: &Path) -> (PathBuf, PathBuf) {
+        let ext = out.join("server.ext");
+        fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let (key, csr, crt) = (
+            out.join("server.key"),
+            out.join("server.csr"),
+            out.join("server.crt"),
+        );
+        let p = |p: &Path| p.to_str().unwrap().to_owned();
+        openssl(
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &p(&key),
+                "-out",
+                &p(&csr),
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+            out,
+        );
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &p(&csr),
+                "-CA",
+                &p(&self.ca_crt()),
+                "-CAkey",
+                &p(&self.dir.join("ca.key")),
+                "-CAcreateserial",
+                "-out",
+                &p(&crt),
+                "-days",
+                "2",
+                "-extfile",
+                &p(&ext),
+            ],
+            out,
+        );
+        (crt, key)
+    }
+}
+
+const SERVICE: &str = "strata-test-registry";
+const ISSUER: &str = "strata-test-issuer";
+
+enum Mode {
+    Open,
+    Htpasswd,
+    Tls(TestCa),
+    /// distribution's `auth.token`: tokens from the issuer at `realm`, signed with `cert`'s key.
+    Token {
+        realm: String,
+        cert: PathBuf,
+    },
+}
+
 /// A running docker-registry; killed (and waited for) when dropped.
 struct Registry {
     child: Option<Child>,
@@ -42,7 +168,11 @@ struct Registry {
 impl Registry {
     /// None (after printing SKIP) when docker-registry or htpasswd is missing.
     fn start(htpasswd: bool) -> Option<Registry> {
-        for cmd in ["docker-registry", "htpasswd"] {
+        Self::start_with(if htpasswd { Mode::Htpasswd } else { Mode::Open })
+    }
+
+    fn start_with(mode: Mode) -> Option<Registry> {
+        for cmd in ["docker-registry", "htpasswd", "openssl"] {
             if !have(cmd) {
                 skip(&format!(
                     "{cmd} is not installed (scripts/setup.sh installs it)"
@@ -51,32 +181,46 @@ impl Registry {
             }
         }
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let host = format!("127.0.0.1:{port}");
-        let mut auth = String::new();
-        if htpasswd {
-            let pw = dir.path().join("htpasswd");
-            let mut c = Command::new("htpasswd")
-                .args(["-B", "-i", "-c"])
-                .arg(&pw)
-                .arg(USER)
-                .stdin(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            c.stdin.take().unwrap().write_all(PASS.as_bytes()).unwrap();
-            assert!(c.wait().unwrap().success(), "htpasswd -B");
-            auth = format!(
-                "auth:\n  htpasswd:\n    realm: strata-test\n    path: {}\n",
-                pw.display()
-            );
-        }
+        let extra = match &mode {
+            Mode::Open => String::new(),
+            Mode::Htpasswd => {
+                let pw = dir.path().join("htpasswd");
+                let mut c = Command::new("htpasswd")
+                    .args(["-B", "-i", "-c"])
+                    .arg(&pw)
+                    .arg(USER)
+                    .stdin(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                c.stdin.take().unwrap().write_all(PASS.as_bytes()).unwrap();
+                assert!(c.wait().unwrap().success(), "htpasswd -B");
+                format!(
+                    "auth:\n  htpasswd:\n    realm: strata-test\n    path: {}\n",
+                    pw.display()
+                )
+            }
+            Mode::Tls(ca) => {
+                let (cert, key) = ca.server_cert(dir.path());
+                format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    cert.display(),
+                    key.display()
+                )
+            }
+            Mode::Token { realm, cert } => format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                cert.display()
+            ),
+        };
+        let (http_extra, auth) = match mode {
+            Mode::Tls(_) => (extra, String::new()),
+            _ => (String::new(), extra),
+        };
         let conf = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{auth}",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{http_extra}{auth}",
             dir.path().join("data").display()
         );
         let conf_path = dir.path().join("config.yml");
@@ -142,16 +286,28 @@ struct Side {
 
 impl Side {
     fn new(reg: &Registry) -> Side {
+        Self::with_conf(&format!(
+            "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
+            reg.host
+        ))
+    }
+
+    /// No insecure entry: https with verified certificates only.
+    fn secure() -> Side {
+        Self::with_conf("")
+    }
+
+    fn with_conf(conf: &str) -> Side {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(
-            dir.path().join("registries.conf"),
-            format!(
-                "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
-                reg.host
-            ),
-        )
-        .unwrap();
+        fs::write(dir.path().join("registries.conf"), conf).unwrap();
         Side { dir }
+    }
+
+    /// Trusts `ca` for `host` (certs.d/HOST/ca.crt, as /etc/containers/certs.d is laid out).
+    fn trust(&self, host: &str, ca: &TestCa) {
+        let d = self.dir.path().join("certs.d").join(host);
+        fs::create_dir_all(&d).unwrap();
+        fs::copy(ca.ca_crt(), d.join("ca.crt")).unwrap();
     }
 
     fn root(&self) -> PathBuf {
@@ -168,6 +324,7 @@ impl Side {
         .env("REGISTRY_AUTH_FILE", self.dir.path().join("auth.json"))
         .env("HOME", self.dir.path())
         .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+        .env("STRATA_CERTS_DIR", self.dir.path().join("certs.d"))
         .stdin(Stdio::null());
         c
     }
@@ -612,4 +769,284 @@ fn skopeo_interop_both_ways() {
     } else {
         skip("running the skopeo-pushed image needs root, /dev/fuse and /bin/busybox");
     }
+}
+
+#[test]
+fn tls_with_a_test_ca_from_certs_d() {
+    let ca_dir = tempfile::tempdir().unwrap();
+    if !have("openssl") {
+        skip("openssl is not installed");
+        return;
+    }
+    let ca = TestCa::new(ca_dir.path());
+    let Some(reg) = Registry::start_with(Mode::Tls(ca)) else {
+        return;
+    };
+    let ca = TestCa {
+        dir: ca_dir.path().join("ca"),
+    };
+    let a = Side::secure();
+    make_image(&a, "app:1", "tls\n");
+    let dest = format!("{}/tls/app:1", reg.host);
+    // Unknown CA: refused, naming the host.
+    let e = a.fails(&["push", "app:1", &dest]);
+    assert!(
+        e.contains(&reg.host) && e.to_lowercase().contains("cert"),
+        "{e}"
+    );
+    // --tls-verify=false: accepted without the CA.
+    a.ok(&["push", "--tls-verify=false", "app:1", &dest]);
+    // The CA in certs.d/HOST/ca.crt: verified.
+    let b = Side::secure();
+    b.trust(&reg.host, &ca);
+    b.ok(&["pull", &dest]);
+    assert_eq!(b.manifest_digest(&dest), a.manifest_digest("app:1"));
+    // Plain HTTP is never tried for a registry that is not insecure.
+    let plain = Registry::start(false).unwrap();
+    let c = Side::secure();
+    let e = c.fails(&["pull", &format!("{}/x:1", plain.host)]);
+    assert!(e.contains(&plain.host), "{e}");
+}
+
+// ---- a token issuer for distribution's `auth.token` mode ----
+
+/// Issues RS256 JWTs (signed by `openssl dgst`, the signing certificate in `x5c`) as
+/// distribution's token spec says: the right password gets every action asked for, anonymous
+/// requests get `pull` on `public/*` only. Serves until dropped; records each request's query.
+struct TokenIssuer {
+    realm: String,
+    cert: PathBuf,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+fn b64url(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+fn unescape(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        if b[i] == b'%'
+            && let Some(x) = hex.and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(x);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl TokenIssuer {
+    fn start() -> TokenIssuer {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        self_signed(dir.path(), "token", "/CN=strata test token issuer", &[]);
+        openssl(
+            &[
+                "x509",
+                "-in",
+                "token.crt",
+                "-outform",
+                "DER",
+                "-out",
+                "token.der",
+            ],
+            dir.path(),
+        );
+        let der = fs::read(dir.path().join("token.der")).unwrap();
+        let x5c = base64::engine::general_purpose::STANDARD.encode(der);
+        let key = dir.path().join("token.key");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let realm = format!("http://{}/token", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (req2, stop2) = (requests.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(mut s) = conn {
+                    let _ = serve_token(&mut s, &key, &x5c, &req2);
+                }
+            }
+        });
+        TokenIssuer {
+            realm,
+            cert: dir.path().join("token.crt"),
+            requests,
+            stop,
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TokenIssuer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wake the accept loop.
+        let _ = TcpStream::connect(
+            self.realm
+                .trim_start_matches("http://")
+                .trim_end_matches("/token"),
+        );
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_token(
+    s: &mut TcpStream,
+    key: &Path,
+    x5c: &str,
+    log: &std::sync::Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut first = String::new();
+    r.read_line(&mut first)?;
+    let mut auth = None;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("authorization")
+        {
+            auth = Some(v.trim().to_owned());
+        }
+    }
+    let target = first.split(' ').nth(1).unwrap_or("");
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    log.lock().unwrap().push(unescape(query));
+    let good = {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"))
+        )
+    };
+    let user = match auth {
+        Some(a) if a == good => USER,
+        Some(_) => {
+            return s.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+        None => "",
+    };
+    let mut access = Vec::new();
+    for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+        let v = unescape(v);
+        let parts: Vec<&str> = v.splitn(3, ':').collect();
+        if k != "scope" || parts.len() != 3 || parts[0] != "repository" {
+            continue;
+        }
+        let actions: Vec<&str> = parts[2]
+            .split(',')
+            .filter(|a| !user.is_empty() || (*a == "pull" && parts[1].starts_with("public/")))
+            .collect();
+        access
+            .push(serde_json::json!({"type": "repository", "name": parts[1], "actions": actions}));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+    let claims = serde_json::json!({
+        "iss": ISSUER, "sub": user, "aud": SERVICE, "exp": now + 300, "nbf": now - 60,
+        "iat": now - 60, "jti": format!("{now}-{}", log.lock().unwrap().len()), "access": access});
+    let signing_input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let mut sign = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    sign.stdin
+        .take()
+        .unwrap()
+        .write_all(signing_input.as_bytes())?;
+    let sig = sign.wait_with_output()?.stdout;
+    let jwt = format!("{signing_input}.{}", b64url(&sig));
+    let body = serde_json::json!({"token": jwt, "expires_in": 300}).to_string();
+    write!(
+        s,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn bearer_token_flow_with_a_test_issuer() {
+    if !have("openssl") {
+        skip("openssl is not installed");
+        return;
+    }
+    let issuer = TokenIssuer::start();
+    let Some(reg) = Registry::start_with(Mode::Token {
+        realm: issuer.realm.clone(),
+        cert: issuer.cert.clone(),
+    }) else {
+        return;
+    };
+    let a = Side::new(&reg);
+    make_image(&a, "app:1", "token\n");
+    let private = format!("{}/private/app:1", reg.host);
+    // Anonymous: a token without push access, so log in.
+    let e = a.fails(&["push", "app:1", &private]);
+    assert!(e.contains("strata login"), "{e}");
+    let o = a.login(&reg, "nope\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("wrong user name or password"));
+    let o = a.login(&reg, &format!("{PASS}\n"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let before = issuer.requests().len();
+    a.ok(&["push", "app:1", &private]);
+    let push_tokens: Vec<String> = issuer.requests()[before..].to_vec();
+    // One token for the push scope, shared by every blob request (cached per scope).
+    assert_eq!(
+        push_tokens
+            .iter()
+            .filter(|q| q.contains("repository:private/app:pull,push"))
+            .count(),
+        1,
+        "{push_tokens:?}"
+    );
+    assert!(
+        push_tokens
+            .iter()
+            .all(|q| q.contains(&format!("service={SERVICE}")))
+    );
+    let public = format!("{}/public/app:1", reg.host);
+    a.ok(&["push", "app:1", &public]);
+    // Anonymous tokens: pull of public/* works without credentials, private/* says log in.
+    let b = Side::new(&reg);
+    b.ok(&["pull", &public]);
+    assert_eq!(b.manifest_digest(&public), a.manifest_digest("app:1"));
+    let e = b.fails(&["pull", &private]);
+    assert!(e.contains("strata login"), "{e}");
 }

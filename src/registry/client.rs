@@ -76,6 +76,7 @@ pub struct Client {
     base: String,
     creds: Option<Credentials>,
     auth: Mutex<AuthState>,
+    fetching: Mutex<()>,
 }
 
 /// docker.io's API lives elsewhere.
@@ -182,6 +183,7 @@ impl Client {
                 base: format!("{scheme}://{host}"),
                 creds: opts.credentials.clone(),
                 auth: Mutex::new(AuthState::default()),
+                fetching: Mutex::new(()),
             };
             match client.ping() {
                 Ok(()) => return Ok(client),
@@ -289,7 +291,7 @@ impl Client {
         let url = self.url(path_or_url);
         let mut wanted: BTreeSet<String> = scopes.iter().cloned().collect();
         for attempt in 0..2 {
-            let auth = self.authorization(&wanted, attempt > 0)?;
+            let auth = self.authorization(&wanted)?;
             let mut b = http::Request::builder().method(method.clone()).uri(&url);
             for (k, v) in headers {
                 b = b.header(*k, v);
@@ -355,7 +357,7 @@ impl Client {
     }
 
     /// The Authorization header for these scopes, per the last challenge.
-    fn authorization(&self, scopes: &BTreeSet<String>, refresh: bool) -> Result<Option<String>> {
+    fn authorization(&self, scopes: &BTreeSet<String>) -> Result<Option<String>> {
         let ch = self.lock().challenge.clone();
         let Some(ch) = ch else {
             return Ok(None);
@@ -364,11 +366,19 @@ impl Client {
             "basic" => Ok(self.creds.as_ref().map(Credentials::basic)),
             "bearer" => {
                 let key = scope_key(scopes);
-                if !refresh
-                    && let Some(t) = self.lock().tokens.get(&key)
-                    && t.expires > Instant::now()
-                {
-                    return Ok(Some(format!("Bearer {}", t.value)));
+                let cached = |st: &AuthState| {
+                    st.tokens
+                        .get(&key)
+                        .filter(|t| t.expires > Instant::now())
+                        .map(|t| format!("Bearer {}", t.value))
+                };
+                if let Some(v) = cached(&self.lock()) {
+                    return Ok(Some(v));
+                }
+                // One fetch at a time: parallel blob requests of the same scope share it.
+                let _one = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(v) = cached(&self.lock()) {
+                    return Ok(Some(v));
                 }
                 let t = self.fetch_token(&ch, scopes)?;
                 let value = format!("Bearer {}", t.value);
