@@ -165,6 +165,22 @@ struct Registry {
     host: String,
 }
 
+fn spawn_registry(dir: &Path) -> Child {
+    Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(
+            fs::File::options()
+                .create(true)
+                .append(true)
+                .open(dir.join("registry.log"))
+                .unwrap(),
+        )
+        .spawn()
+        .unwrap()
+}
+
 impl Registry {
     /// None (after printing SKIP) when docker-registry or htpasswd is missing.
     fn start(htpasswd: bool) -> Option<Registry> {
@@ -225,28 +241,28 @@ impl Registry {
         );
         let conf_path = dir.path().join("config.yml");
         fs::write(&conf_path, conf).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&conf_path)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.path().join("registry.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let r = Registry {
-            child: Some(child),
+        let mut r = Registry {
+            child: None,
             dir,
             host,
         };
+        r.restart();
+        Some(r)
+    }
+
+    /// Starts it (again, on the same port and storage).
+    fn restart(&mut self) {
+        self.stop();
+        self.child = Some(spawn_registry(self.dir.path()));
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&r.host).is_err() {
+        while TcpStream::connect(&self.host).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "docker-registry did not start: {}",
-                r.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(r)
     }
 
     fn log(&self) -> String {
@@ -1049,4 +1065,165 @@ fn bearer_token_flow_with_a_test_issuer() {
     assert_eq!(b.manifest_digest(&public), a.manifest_digest("app:1"));
     let e = b.fails(&["pull", &private]);
     assert!(e.contains("strata login"), "{e}");
+}
+
+// ---- the registry stopped mid-pull ----
+
+/// A TCP forwarder to the registry. While armed, the first connection whose responses pass
+/// `limit` bytes is held there (`tripped` is set) until the test has stopped the registry
+/// and `release`s it; then it is closed. So the pull is cut mid-blob, every time.
+struct HoldingProxy {
+    host: String,
+    tripped: std::sync::Arc<AtomicBool>,
+    release: std::sync::Arc<AtomicBool>,
+}
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+impl HoldingProxy {
+    fn start(upstream: &str, limit: u64) -> HoldingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let flags = || std::sync::Arc::new(AtomicBool::new(false));
+        let (armed, tripped, release) = (flags(), flags(), flags());
+        armed.store(true, Ordering::Relaxed);
+        let (a, t, r, up) = (
+            armed.clone(),
+            tripped.clone(),
+            release.clone(),
+            upstream.to_owned(),
+        );
+        // Detached: it ends with the test process; each connection ends when either side closes.
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&up) else {
+                    continue;
+                };
+                let (a, t, r) = (a.clone(), t.clone(), r.clone());
+                std::thread::spawn(move || forward(client, server, limit, &a, &t, &r));
+            }
+        });
+        HoldingProxy {
+            host,
+            tripped,
+            release,
+        }
+    }
+}
+
+fn forward(
+    client: TcpStream,
+    server: TcpStream,
+    limit: u64,
+    armed: &AtomicBool,
+    tripped: &AtomicBool,
+    release: &AtomicBool,
+) {
+    use std::io::Read;
+    let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    std::thread::spawn(move || std::io::copy(&mut c_in, &mut s_out));
+    let (mut s_in, mut c_out) = (server, client);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut sent = 0u64;
+    while let Ok(n) = s_in.read(&mut buf) {
+        if n == 0 || c_out.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        sent += n as u64;
+        if sent > limit && armed.swap(false, Ordering::Relaxed) {
+            tripped.store(true, Ordering::Relaxed);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !release.load(Ordering::Relaxed) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            break;
+        }
+    }
+    let _ = c_out.shutdown(std::net::Shutdown::Both);
+    let _ = s_in.shutdown(std::net::Shutdown::Both);
+}
+
+#[test]
+fn registry_stopped_mid_pull_then_the_rerun_resumes() {
+    let Some(mut reg) = Registry::start(false) else {
+        return;
+    };
+    let a = Side::new(&reg);
+    // One 12 MB layer of incompressible data (xorshift), so the cut lands inside it.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..12 << 17)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    let layout = a.dir.path().join("big");
+    write_image(&layout, &[vec![("big", data, 0o644)]], "1");
+    a.ok(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--name",
+        "big:1",
+    ]);
+    a.ok(&["push", "big:1", &format!("{}/big/app:1", reg.host)]);
+    let v: serde_json::Value = serde_json::from_str(&a.ok(&["image", "inspect", "big:1"])).unwrap();
+    let blob = v["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let size = v["layers"][0]["size"].as_u64().unwrap();
+
+    let proxy = HoldingProxy::start(&reg.host, 4 << 20);
+    let b = Side::with_conf(&format!(
+        "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
+        proxy.host
+    ));
+    let via = format!("{}/big/app:1", proxy.host);
+    let child = b
+        .cmd()
+        .args(["pull", &via])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !proxy.tripped.load(Ordering::Relaxed) {
+        assert!(
+            Instant::now() < deadline,
+            "the pull never got 4 MB into the blob"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    reg.stop();
+    proxy.release.store(true, Ordering::Relaxed);
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "the pull must fail when the registry stops: {err}"
+    );
+    let last = err.trim().lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("strata: pulling") && last.contains(&blob[..19]),
+        "{err}"
+    );
+    assert!(!b.image_names().contains("big/app"), "no image recorded");
+    assert_eq!(b.layer_count(), 0, "no layer reached the store");
+    let partial = b.root().join("partial").join(&blob[7..]);
+    let kept = fs::metadata(&partial).map_or(0, |m| m.len());
+    assert!(
+        kept > 0 && kept < size,
+        "the partial blob is kept ({kept} of {size} bytes)"
+    );
+
+    reg.restart();
+    let o = b.run(&["pull", &via]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains(&format!("resuming at byte {kept}")), "{err}");
+    assert!(
+        err.contains(&format!("1 of 1 layers fetched ({} bytes)", size - kept)),
+        "only the rest moved: {err}"
+    );
+    assert_eq!(b.manifest_digest(&via), a.manifest_digest("big:1"));
+    assert!(!partial.exists(), "the partial blob became the store's");
 }

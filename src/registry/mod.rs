@@ -11,6 +11,7 @@ pub mod pool;
 pub mod pull;
 pub mod push;
 pub mod reference;
+pub mod resume;
 
 pub use client::{Client, ClientOptions};
 pub use error::{RegistryError, Result};

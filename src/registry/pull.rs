@@ -24,6 +24,7 @@ use super::error::{RegistryError, Result, protocol};
 use super::manifest::{self, ACCEPT, Parsed, PlatformSpec};
 use super::pool::{self, Progress};
 use super::reference::ImageRef;
+use super::resume::Partial;
 
 #[derive(Clone, Debug)]
 pub struct PullOptions {
@@ -157,15 +158,22 @@ pub fn get_manifest(
     Ok((bytes, ct, digest))
 }
 
-/// GET a blob: the response, ready to stream.
-pub fn get_blob(c: &Client, r: &ImageRef, d: &Digest) -> Result<ureq::http::Response<ureq::Body>> {
+/// GET a blob (from byte `from` on: a Range request): the response, ready to stream.
+pub fn get_blob(
+    c: &Client,
+    r: &ImageRef,
+    d: &Digest,
+    from: u64,
+) -> Result<ureq::http::Response<ureq::Body>> {
     let scope = client::scope(&r.repository, "pull");
     let path = format!("/v2/{}/blobs/{d}", r.repository);
+    let range = [("range", format!("bytes={from}-"))];
+    let headers: &[(&str, String)] = if from > 0 { &range } else { &[] };
     let mut resp = c.request(
         Method::GET,
         &path,
         std::slice::from_ref(&scope),
-        &[],
+        headers,
         Body::Empty,
     )?;
     check(c, &mut resp, "fetching blob", &path, &scope, || {
@@ -226,7 +234,7 @@ fn pull_from(store: &Store, ep: &Endpoint, insecure: bool, opts: &PullOptions) -
     let c = connect(r, insecure, opts.tls_verify)?;
     let (m, manifest_bytes) = resolve(&c, r, &opts.platform)?;
     let cd = m.config.digest()?;
-    let mut resp = get_blob(&c, r, &cd)?;
+    let mut resp = get_blob(&c, r, &cd, 0)?;
     let config_bytes = read_doc(&mut resp, &format!("config {cd}"))?;
     if Digest::of(&config_bytes) != cd {
         return Err(ImageError::DigestMismatch {
@@ -312,14 +320,15 @@ fn fetch_layers(
     let done = pool::run(jobs, opts.jobs, |i, job| {
         let label = format!("layer {}/{total} {}", i + 1, job.digest.short());
         let pb = progress.bar(job.desc.size, &label);
-        let s = fetch_one(store, c, r, &job, dir, &pb).inspect_err(|_| pb.abandon())?;
-        progress.done(&pb, &label, "fetched", s.size);
-        Ok((job.key, s))
+        let (s, net) = fetch_one(store, c, r, &job, dir, &pb).inspect_err(|_| pb.abandon())?;
+        progress.done(&pb, &label, "fetched", net);
+        Ok((job.key, s, net))
     })?;
-    let bytes = done.iter().map(|(_, s)| s.size).sum();
-    Ok((done.into_iter().collect(), bytes))
+    let bytes = done.iter().map(|(_, _, n)| n).sum();
+    Ok((done.into_iter().map(|(k, s, _)| (k, s)).collect(), bytes))
 }
 
+/// Fetches and stages one layer; returns it with the bytes that came over the network.
 fn fetch_one(
     store: &Store,
     c: &Client,
@@ -327,16 +336,63 @@ fn fetch_one(
     job: &Job<'_>,
     dir: &std::path::Path,
     pb: &ProgressBar,
-) -> Result<Staged> {
-    let resp = get_blob(c, r, &job.digest)?;
-    let reader = resp.into_body().into_reader();
+) -> Result<(Staged, u64)> {
+    let keep = !store.has_blob(&job.digest);
+    // Blobs the store will keep go through a resumable partial file.
+    let partial = match keep {
+        true => Partial::open(store, &job.digest)?,
+        false => None,
+    };
     let lj = LayerJob {
         label: job.digest.to_string(),
         expected: Some((&job.digest, Some(job.desc.size))),
         diff_id: job.diff_id,
-        keep_blob: !store.has_blob(&job.digest),
+        keep_blob: keep && partial.is_none(),
         unpack: !store.has_layer(job.chain),
         opts: UnpackOptions::for_current_user(),
     };
-    Ok(layer::stage(dir, job.n, reader, &lj, pb)?)
+    let Some(mut p) = partial else {
+        let reader = get_blob(c, r, &job.digest, 0)?.into_body().into_reader();
+        let s = layer::stage(dir, job.n, reader, &lj, pb)?;
+        let n = s.size;
+        return Ok((s, n));
+    };
+    if p.len > job.desc.size {
+        p.reset()?;
+    }
+    // Complete already (an earlier pull failed on another layer): nothing to ask for.
+    let net: Box<dyn Read + Send> = if p.len == job.desc.size {
+        Box::new(std::io::empty())
+    } else {
+        let resp = get_blob(c, r, &job.digest, p.len)?;
+        let resumed = resp.status().as_u16() == 206
+            && header(&resp, "content-range")
+                .is_some_and(|v| v.starts_with(&format!("bytes {}-", p.len)));
+        if !resumed {
+            p.reset()?;
+        }
+        Box::new(resp.into_body().into_reader())
+    };
+    if p.len > 0 {
+        pb.println(format!("{}: resuming at byte {}", job.digest, p.len));
+        if pb.is_hidden() {
+            eprintln!("{}: resuming at byte {}", job.digest, p.len);
+        }
+    }
+    let kept = p.len;
+    let (reader, net_failed) = p.reader(net)?;
+    let res = layer::stage(dir, job.n, reader, &lj, pb);
+    match res {
+        Ok(mut s) => {
+            s.blob = Some(p.finish()?);
+            let n = s.size - kept;
+            Ok((s, n))
+        }
+        // The connection died: keep what came for the next run.
+        Err(e) if net_failed.load(std::sync::atomic::Ordering::Relaxed) => Err(e.into()),
+        Err(e) => {
+            p.discard();
+            Err(e.into())
+        }
+    }
 }
