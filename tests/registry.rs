@@ -1227,3 +1227,58 @@ fn registry_stopped_mid_pull_then_the_rerun_resumes() {
     assert_eq!(b.manifest_digest(&via), a.manifest_digest("big:1"));
     assert!(!partial.exists(), "the partial blob became the store's");
 }
+
+#[test]
+fn podman_pulls_and_runs_what_strata_pushed() {
+    let Some(reg) = Registry::start(false) else {
+        return;
+    };
+    if !have("podman") {
+        skip("podman is not installed");
+        return;
+    }
+    if !Path::new("/bin/busybox").exists() || !rustix::process::geteuid().is_root() {
+        skip("needs root and /bin/busybox for the image podman runs");
+        return;
+    }
+    let a = Side::new(&reg);
+    make_image(&a, "app:1", "run by podman\n");
+    let dest = format!("{}/strata/podman:1", reg.host);
+    a.ok(&["push", "app:1", &dest]);
+    // podman with a storage of its own (vfs), so the machine's containers are not touched.
+    let pm = a.dir.path().join("podman");
+    let podman = |args: &[&str]| {
+        let o = Command::new("podman")
+            .arg("--root")
+            .arg(pm.join("storage"))
+            .arg("--runroot")
+            .arg(pm.join("run"))
+            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
+            .args(["--events-backend", "none"])
+            .args(args)
+            .env(
+                "CONTAINERS_REGISTRIES_CONF",
+                a.dir.path().join("registries.conf"),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    podman(&["pull", "-q", "--tls-verify=false", &dest]);
+    let digest = podman(&["image", "inspect", "--format", "{{.Digest}}", &dest]);
+    assert_eq!(digest.trim(), a.manifest_digest("app:1"));
+    // Limits this sandbox's hard rlimits allow (podman's defaults are above them).
+    let limits = [
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+    ];
+    let out = podman(&[&["run", "--rm", "--network", "none"], &limits[..], &[&dest]].concat());
+    assert_eq!(out, "run by podman\n");
+}
