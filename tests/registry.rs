@@ -1282,3 +1282,64 @@ fn podman_pulls_and_runs_what_strata_pushed() {
     let out = podman(&[&["run", "--rm", "--network", "none"], &limits[..], &[&dest]].concat());
     assert_eq!(out, "run by podman\n");
 }
+
+#[test]
+fn registries_conf_search_prefix_and_mirror() {
+    let Some(reg) = Registry::start(false) else {
+        return;
+    };
+    let a = Side::new(&reg);
+    make_image(&a, "app:1", "conf\n");
+    let local = a.manifest_digest("app:1");
+    for dest in ["app:1", "real/team/app:1", "mirrored/app:1"] {
+        a.ok(&["push", "app:1", &format!("{}/{dest}", reg.host)]);
+    }
+    let h = &reg.host;
+    let b = Side::with_conf(&format!(
+        r#"unqualified-search-registries = ["{h}"]
+
+[[registry]]
+location = "{h}"
+insecure = true
+
+[[registry]]
+prefix = "example.invalid/team"
+location = "{h}/real/team"
+insecure = true
+
+[[registry]]
+location = "unreachable.invalid:1"
+[[registry.mirror]]
+location = "{h}/mirrored"
+insecure = true
+"#
+    ));
+    // A short name goes through the search list and is named after the registry found.
+    assert_eq!(b.ok(&["pull", "app:1"]), format!("{h}/app:1"));
+    assert_eq!(
+        b.ok(&["pull", "example.invalid/team/app:1"]),
+        "example.invalid/team/app:1"
+    );
+    assert_eq!(
+        b.ok(&["pull", "unreachable.invalid:1/app:1"]),
+        "unreachable.invalid:1/app:1"
+    );
+    for name in [
+        format!("{h}/app:1"),
+        "example.invalid/team/app:1".into(),
+        "unreachable.invalid:1/app:1".into(),
+    ] {
+        assert_eq!(b.manifest_digest(&name), local, "{name}");
+    }
+    // `strata image tag` names an image for a push.
+    b.ok(&[
+        "image",
+        "tag",
+        "example.invalid/team/app:1",
+        &format!("{h}/tagged/app:7"),
+    ]);
+    b.ok(&["push", &format!("{h}/tagged/app:7")]);
+    let c = Side::new(&reg);
+    c.ok(&["pull", &format!("{h}/tagged/app:7")]);
+    assert_eq!(c.manifest_digest(&format!("{h}/tagged/app:7")), local);
+}
