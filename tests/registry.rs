@@ -1343,3 +1343,102 @@ insecure = true
     c.ok(&["pull", &format!("{h}/tagged/app:7")]);
     assert_eq!(c.manifest_digest(&format!("{h}/tagged/app:7")), local);
 }
+
+// ---- the distribution spec's endpoints a client uses, by their numbers ----
+
+/// A registry holding `conf/app:1` pushed by strata, and a library client for it.
+fn pushed_image() -> Option<(Registry, Side, strata::registry::Client, String)> {
+    let reg = Registry::start(false)?;
+    let a = Side::new(&reg);
+    make_image(&a, "app:1", "endpoints\n");
+    a.ok(&[
+        "push",
+        "--chunk-size",
+        "300000",
+        "app:1",
+        &format!("{}/conf/app:1", reg.host),
+    ]);
+    let opts = strata::registry::ClientOptions {
+        insecure: true,
+        ..Default::default()
+    };
+    let c = strata::registry::Client::connect(&reg.host, &opts).unwrap();
+    let digest = a.manifest_digest("app:1");
+    Some((reg, a, c, digest))
+}
+
+fn get(c: &strata::registry::Client, method: &str, path: &str) -> (u16, Vec<u8>) {
+    use strata::registry::client::Body;
+    let m = ureq::http::Method::from_bytes(method.as_bytes()).unwrap();
+    let accept = [("accept", strata::registry::manifest::ACCEPT.to_owned())];
+    let mut r = c.request(m, path, &[], &accept, Body::Empty).unwrap();
+    let body = r.body_mut().read_to_vec().unwrap_or_default();
+    (r.status().as_u16(), body)
+}
+
+#[test]
+fn end_1_ping_and_end_3_manifest_get_by_tag_and_digest() {
+    let Some((_reg, _a, c, digest)) = pushed_image() else {
+        return;
+    };
+    assert_eq!(get(&c, "GET", "/v2/").0, 200);
+    let (status, by_tag) = get(&c, "GET", "/v2/conf/app/manifests/1");
+    assert_eq!(status, 200);
+    assert_eq!(
+        sha(&by_tag),
+        digest,
+        "end-7 stored strata's bytes unchanged"
+    );
+    let (status, by_digest) = get(&c, "GET", &format!("/v2/conf/app/manifests/{digest}"));
+    assert_eq!((status, by_digest), (200, by_tag));
+    assert_eq!(get(&c, "GET", "/v2/conf/app/manifests/nope").0, 404);
+}
+
+#[test]
+fn end_2_blob_get_and_head_after_end_4a_5_6_chunked_upload() {
+    let Some((_reg, a, c, _)) = pushed_image() else {
+        return;
+    };
+    let v: serde_json::Value = serde_json::from_str(&a.ok(&["image", "inspect", "app:1"])).unwrap();
+    for l in v["layers"].as_array().unwrap() {
+        let d = l["digest"].as_str().unwrap();
+        let (status, body) = get(&c, "GET", &format!("/v2/conf/app/blobs/{d}"));
+        assert_eq!(status, 200);
+        assert_eq!(sha(&body), d, "the blob uploaded in PATCH chunks is intact");
+        assert_eq!(body.len() as u64, l["size"].as_u64().unwrap());
+        assert_eq!(get(&c, "HEAD", &format!("/v2/conf/app/blobs/{d}")).0, 200);
+    }
+    let missing = format!("sha256:{}", "0".repeat(64));
+    assert_eq!(
+        get(&c, "HEAD", &format!("/v2/conf/app/blobs/{missing}")).0,
+        404
+    );
+}
+
+#[test]
+fn end_7_manifest_put_by_digest_and_end_11_mount() {
+    let Some((reg, a, c, digest)) = pushed_image() else {
+        return;
+    };
+    // Push by digest (no tag): the manifest is there under its digest only.
+    let by_digest = format!("{}/bydigest/app@{digest}", reg.host);
+    assert_eq!(a.ok(&["push", "app:1", &by_digest]), digest);
+    assert_eq!(
+        get(&c, "GET", &format!("/v2/bydigest/app/manifests/{digest}")).0,
+        200
+    );
+    // A digest that is not the image's is refused before anything is sent.
+    let wrong = format!("{}/bydigest/app@sha256:{}", reg.host, "1".repeat(64));
+    let e = a.fails(&["push", "app:1", &wrong]);
+    assert!(e.contains(&digest), "{e}");
+    // end-11: a store that pulled conf/app mounts its blobs into another repository.
+    let b = Side::new(&reg);
+    b.ok(&["pull", &format!("{}/conf/app:1", reg.host)]);
+    let o = b.run(&[
+        "push",
+        &format!("{}/conf/app:1", reg.host),
+        &format!("{}/mounted/app:1", reg.host),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("4 mounted"));
+    assert_eq!(get(&c, "GET", "/v2/mounted/app/manifests/1").0, 200);
+}

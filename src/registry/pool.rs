@@ -74,6 +74,15 @@ impl Progress {
             .add(crate::image::progress::bytes(size, label.to_owned()))
     }
 
+    /// A message about a blob in progress (above the bars on a terminal).
+    pub fn note(&self, bar: &indicatif::ProgressBar, msg: &str) {
+        if self.plain {
+            eprintln!("{msg}");
+        } else if !self.quiet {
+            bar.println(msg);
+        }
+    }
+
     /// A blob is done: `what` says how ("fetched", "pushed", "exists", "mounted").
     pub fn done(&self, bar: &indicatif::ProgressBar, label: &str, what: &str, bytes: u64) {
         bar.finish_and_clear();

@@ -320,7 +320,8 @@ fn fetch_layers(
     let done = pool::run(jobs, opts.jobs, |i, job| {
         let label = format!("layer {}/{total} {}", i + 1, job.digest.short());
         let pb = progress.bar(job.desc.size, &label);
-        let (s, net) = fetch_one(store, c, r, &job, dir, &pb).inspect_err(|_| pb.abandon())?;
+        let (s, net) =
+            fetch_one(store, c, r, &job, dir, (&progress, &pb)).inspect_err(|_| pb.abandon())?;
         progress.done(&pb, &label, "fetched", net);
         Ok((job.key, s, net))
     })?;
@@ -335,7 +336,7 @@ fn fetch_one(
     r: &ImageRef,
     job: &Job<'_>,
     dir: &std::path::Path,
-    pb: &ProgressBar,
+    (progress, pb): (&Progress, &ProgressBar),
 ) -> Result<(Staged, u64)> {
     let keep = !store.has_blob(&job.digest);
     // Blobs the store will keep go through a resumable partial file.
@@ -374,10 +375,7 @@ fn fetch_one(
         Box::new(resp.into_body().into_reader())
     };
     if p.len > 0 {
-        pb.println(format!("{}: resuming at byte {}", job.digest, p.len));
-        if pb.is_hidden() {
-            eprintln!("{}: resuming at byte {}", job.digest, p.len);
-        }
+        progress.note(pb, &format!("{}: resuming at byte {}", job.digest, p.len));
     }
     let kept = p.len;
     let (reader, net_failed) = p.reader(net)?;
