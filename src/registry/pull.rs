@@ -353,7 +353,12 @@ fn fetch_one(
         opts: UnpackOptions::for_current_user(),
     };
     let Some(mut p) = partial else {
-        let reader = get_blob(c, r, &job.digest, 0)?.into_body().into_reader();
+        // One byte past the descriptor's size is enough to refuse a longer blob: a registry
+        // cannot keep the unpacker reading forever.
+        let reader = get_blob(c, r, &job.digest, 0)?
+            .into_body()
+            .into_reader()
+            .take(job.desc.size.saturating_add(1));
         let s = layer::stage(dir, job.n, reader, &lj, pb)?;
         let n = s.size;
         return Ok((s, n));
@@ -372,7 +377,11 @@ fn fetch_one(
         if !resumed {
             p.reset()?;
         }
-        Box::new(resp.into_body().into_reader())
+        Box::new(
+            resp.into_body()
+                .into_reader()
+                .take(job.desc.size.saturating_add(1) - p.len),
+        )
     };
     if p.len > 0 {
         progress.note(pb, &format!("{}: resuming at byte {}", job.digest, p.len));
