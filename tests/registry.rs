@@ -929,6 +929,9 @@ impl Drop for TokenIssuer {
     }
 }
 
+/// The next authenticated token the issuer makes is expired.
+static EXPIRE_NEXT: AtomicBool = AtomicBool::new(false);
+
 fn serve_token(
     s: &mut TcpStream,
     key: &Path,
@@ -988,10 +991,17 @@ fn serve_token(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
+    // A token that has expired already, though `expires_in` promises 300 s: the registry
+    // refuses it and the client must fetch another.
+    // (distribution allows 60 s of clock skew.)
+    let exp = match !user.is_empty() && EXPIRE_NEXT.swap(false, Ordering::Relaxed) {
+        true => now - 120,
+        false => now + 300,
+    };
     let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
     let claims = serde_json::json!({
-        "iss": ISSUER, "sub": user, "aud": SERVICE, "exp": now + 300, "nbf": now - 60,
-        "iat": now - 60, "jti": format!("{now}-{}", log.lock().unwrap().len()), "access": access});
+        "iss": ISSUER, "sub": user, "aud": SERVICE, "exp": exp, "nbf": now - 300,
+        "iat": now - 300, "jti": format!("{now}-{}", log.lock().unwrap().len()), "access": access});
     let signing_input = format!(
         "{}.{}",
         b64url(header.to_string().as_bytes()),
@@ -1065,6 +1075,22 @@ fn bearer_token_flow_with_a_test_issuer() {
     assert_eq!(b.manifest_digest(&public), a.manifest_digest("app:1"));
     let e = b.fails(&["pull", &private]);
     assert!(e.contains("strata login"), "{e}");
+    // A token the registry refuses is fetched again, once, and the pull goes on.
+    let o = b.login(&reg, &format!("{PASS}\n"));
+    assert!(o.status.success());
+    EXPIRE_NEXT.store(true, Ordering::Relaxed);
+    let before = issuer.requests().len();
+    b.ok(&["pull", &private]);
+    let pull_scope = "scope=repository:private/app:pull";
+    let fetched = issuer.requests()[before..]
+        .iter()
+        .filter(|q| q.ends_with(pull_scope))
+        .count();
+    assert_eq!(fetched, 2, "{:?}", &issuer.requests()[before..]);
+    assert!(
+        !EXPIRE_NEXT.load(Ordering::Relaxed),
+        "the expired token was issued"
+    );
 }
 
 // ---- the registry stopped mid-pull ----
