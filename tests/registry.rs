@@ -455,15 +455,18 @@ fn base_layer() -> Vec<(&'static str, Vec<u8>, u32)> {
     files
 }
 
-/// An OCI layout at `dir` with one image of these layers, tagged `tag`.
-fn write_image(dir: &Path, layers: &[Vec<(&str, Vec<u8>, u32)>], tag: &str) {
+/// Writes a blob into the OCI layout at `dir`; its digest.
+fn put_blob(dir: &Path, data: &[u8]) -> String {
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).unwrap();
-    let put = |data: &[u8]| {
-        let d = sha(data);
-        fs::write(blobs.join(&d[7..]), data).unwrap();
-        d
-    };
+    let d = sha(data);
+    fs::write(blobs.join(&d[7..]), data).unwrap();
+    d
+}
+
+/// An image's blobs (layers, config for `arch`, manifest) in the layout; the manifest's
+/// descriptor.
+fn put_image(dir: &Path, layers: &[Vec<(&str, Vec<u8>, u32)>], arch: &str) -> serde_json::Value {
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
     for files in layers {
@@ -471,25 +474,53 @@ fn write_image(dir: &Path, layers: &[Vec<(&str, Vec<u8>, u32)>], tag: &str) {
         diff_ids.push(sha(&tar));
         descs.push(serde_json::json!({
             "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": put(&gz), "size": gz.len()}));
+            "digest": put_blob(dir, &gz), "size": gz.len()}));
     }
     let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
+        "architecture": arch, "os": "linux",
         "config": {"Cmd": ["/bin/cat", "/etc/motd"], "Env": ["PATH=/bin"]},
         "rootfs": {"type": "layers", "diff_ids": diff_ids}, "history": []}))
     .unwrap();
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": put(&config), "size": config.len()},
+                   "digest": put_blob(dir, &config), "size": config.len()},
         "layers": descs}))
     .unwrap();
-    let md = put(&manifest);
+    serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": put_blob(dir, &manifest), "size": manifest.len(),
+        "platform": {"os": "linux", "architecture": arch}})
+}
+
+fn write_index(dir: &Path, mut desc: serde_json::Value, tag: &str) {
+    desc["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
     fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md,
-        "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [desc]});
     fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// An OCI layout at `dir` with one image of these layers, tagged `tag`.
+fn write_image(dir: &Path, layers: &[Vec<(&str, Vec<u8>, u32)>], tag: &str) {
+    let mut desc = put_image(dir, layers, "amd64");
+    desc.as_object_mut().unwrap().remove("platform");
+    write_index(dir, desc, tag);
+}
+
+/// An OCI layout whose `tag` is a multi-platform index of these images.
+/// The layers of one image: (path, data, mode) per file.
+type Layers<'a> = Vec<Vec<(&'a str, Vec<u8>, u32)>>;
+
+fn write_multi(dir: &Path, images: &[(&str, Layers<'_>)], tag: &str) {
+    let manifests: Vec<_> = images
+        .iter()
+        .map(|(arch, l)| put_image(dir, l, arch))
+        .collect();
+    let index = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}))
+    .unwrap();
+    let desc = serde_json::json!({"mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": put_blob(dir, &index), "size": index.len()});
+    write_index(dir, desc, tag);
 }
 
 fn motd(text: &str) -> Vec<(&'static str, Vec<u8>, u32)> {
@@ -1467,4 +1498,63 @@ fn end_7_manifest_put_by_digest_and_end_11_mount() {
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("4 mounted"));
     assert_eq!(get(&c, "GET", "/v2/mounted/app/manifests/1").0, 200);
+}
+
+#[test]
+fn multi_platform_index_pull_picks_the_platform() {
+    let Some(reg) = Registry::start(false) else {
+        return;
+    };
+    if !have("skopeo") {
+        skip("skopeo is not installed (it pushes the index)");
+        return;
+    }
+    let a = Side::new(&reg);
+    let layout = a.dir.path().join("multi");
+    let arm_only = vec![
+        ("etc/", vec![], 0o755),
+        ("etc/arch", b"arm64\n".to_vec(), 0o644),
+    ];
+    let amd_only = vec![
+        ("etc/", vec![], 0o755),
+        ("etc/arch", b"amd64\n".to_vec(), 0o644),
+    ];
+    write_multi(
+        &layout,
+        &[("arm64", vec![arm_only]), ("amd64", vec![amd_only])],
+        "m",
+    );
+    let dest = format!("{}/multi/app:m", reg.host);
+    let o = Command::new("skopeo")
+        .args(["copy", "--all", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:m", layout.display()))
+        .arg(format!("docker://{dest}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let arch_file = |side: &Side, name: &str| {
+        let v: serde_json::Value =
+            serde_json::from_str(&side.ok(&["image", "inspect", name])).unwrap();
+        let dir = v["layers"][0]["dir"].as_str().unwrap().to_owned();
+        (
+            fs::read_to_string(Path::new(&dir).join("etc/arch")).unwrap(),
+            v["config"]["architecture"].clone(),
+        )
+    };
+    let b = Side::new(&reg);
+    b.ok(&["pull", &dest]);
+    assert_eq!(
+        arch_file(&b, &dest).0,
+        "amd64\n",
+        "this machine's platform by default"
+    );
+    let c = Side::new(&reg);
+    c.ok(&["pull", "--platform", "linux/arm64", &dest]);
+    let (f, arch) = arch_file(&c, &dest);
+    assert_eq!((f.as_str(), arch.as_str()), ("arm64\n", Some("arm64")));
+    let e = c.fails(&["pull", "--platform", "linux/s390x", &dest]);
+    assert!(
+        e.contains("no manifest for linux/s390x") && e.contains("linux/amd64"),
+        "{e}"
+    );
 }
