@@ -25,6 +25,8 @@ pub enum ImageCmd {
     Inspect { name: String },
     /// Write an image as an OCI image layout (a directory, or a tar if PATH ends in .tar).
     Export { name: String, path: PathBuf },
+    /// Give an image another name (e.g. a registry reference to push to).
+    Tag { src: String, dst: String },
 }
 
 #[derive(clap::Args)]
@@ -123,6 +125,12 @@ pub fn image(root: Option<PathBuf>, cmd: ImageCmd) -> anyhow::Result<()> {
                 "config": config,
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        ImageCmd::Tag { src, dst } => {
+            let name = store
+                .tag(&src, &dst)
+                .with_context(|| format!("tagging {src} as {dst}"))?;
+            println!("{name}");
         }
         ImageCmd::Export { name, path } => {
             image::export::export(&store, &name, &path)

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use strata::mount::{MountRequest, umount};
 
 mod image;
+mod registry;
 mod run;
 use strata::options::MountOptions;
 
@@ -45,6 +46,14 @@ enum Cmd {
     Commit(image::CommitArgs),
     /// Run a command in a container on a union of layers (or an image).
     Run(Box<run::RunArgs>),
+    /// Pull an image from a registry into the store.
+    Pull(registry::PullArgs),
+    /// Push an image from the store to a registry.
+    Push(registry::PushArgs),
+    /// Check and store credentials for a registry.
+    Login(registry::LoginArgs),
+    /// Remove the stored credentials for a registry.
+    Logout(registry::LogoutArgs),
 }
 
 #[derive(clap::Args)]
@@ -93,6 +102,10 @@ fn normalise_args() -> Vec<OsString> {
         b"image",
         b"commit",
         b"run",
+        b"pull",
+        b"push",
+        b"login",
+        b"logout",
         b"--root",
         b"help",
         b"-h",
@@ -156,6 +169,10 @@ fn run() -> anyhow::Result<u8> {
         Cmd::Image(c) => image::image(cli.root, c)?,
         Cmd::Commit(a) => image::commit(cli.root, a)?,
         Cmd::Run(a) => return run::run(cli.root, *a),
+        Cmd::Pull(a) => registry::pull_cmd(cli.root, a)?,
+        Cmd::Push(a) => registry::push_cmd(cli.root, a)?,
+        Cmd::Login(a) => registry::login_cmd(a)?,
+        Cmd::Logout(a) => registry::logout_cmd(a)?,
     }
     Ok(0)
 }

@@ -48,7 +48,8 @@ pub struct RunArgs {
     /// Bind mount SRC to DST inside; repeatable.
     #[arg(long = "bind", value_name = "SRC:DST[:ro]")]
     binds: Vec<String>,
-    /// An image from the store (strata image import) instead of --lower.
+    /// An image from the store, or a registry reference (pulled when the store lacks it),
+    /// instead of --lower.
     #[arg(value_name = "IMAGE")]
     image: Option<String>,
     /// The command and its arguments, after `--`.
@@ -96,6 +97,7 @@ pub fn run(root: Option<PathBuf>, a: RunArgs) -> anyhow::Result<u8> {
                 anyhow::bail!("give an IMAGE or --lower layers, not both");
             }
             let store = image::Store::open(&root.unwrap_or_else(image::Store::default_root))?;
+            let name = crate::registry::ensure_image(&store, &name)?;
             let img = image::image_run(&store, &name)?;
             let user = match &a.user {
                 Some(u) => Some(image::resolve_user(&img.lowers, u)?),

@@ -18,20 +18,37 @@ use super::source::Source;
 use super::store::{ImageRecord, Store};
 use super::unpack::UnpackOptions;
 
-/// One image found in the source.
-struct Found {
-    names: Vec<String>,
+/// One image found in the source (or fetched from a registry).
+pub(crate) struct Found {
+    pub(crate) names: Vec<String>,
     /// Ref names as annotated (maybe only a tag), for `--name` selection.
-    refs: Vec<String>,
-    config_bytes: Vec<u8>,
-    config_digest: Digest,
+    pub(crate) refs: Vec<String>,
+    pub(crate) config_bytes: Vec<u8>,
+    pub(crate) config_digest: Digest,
     /// The original OCI manifest, kept as is when it uses OCI media types only.
-    manifest: Option<(Manifest, Vec<u8>)>,
+    pub(crate) manifest: Option<(Manifest, Vec<u8>)>,
     /// Where each layer blob is in the source, with its descriptor when there is one.
-    layers: Vec<(String, Option<Descriptor>)>,
+    pub(crate) layers: Vec<(String, Option<Descriptor>)>,
 }
 
-fn host_arch() -> &'static str {
+/// Where `stage_image` reads the layers it has to stage itself.
+pub(crate) trait LayerSource {
+    fn layer(&self, rel: &str) -> Result<(Box<dyn std::io::Read + '_>, u64)>;
+}
+
+impl LayerSource for Source {
+    fn layer(&self, rel: &str) -> Result<(Box<dyn std::io::Read + '_>, u64)> {
+        self.reader(rel)
+    }
+}
+
+/// The key of a staged layer in `stage_image`'s map: a blob unpacks to one layer directory
+/// per chain (per position in a stack).
+pub(crate) fn layer_key(blob: &str, chain: &Digest) -> String {
+    format!("{blob}@{chain}")
+}
+
+pub fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -224,7 +241,6 @@ pub fn import(store: &Store, path: &Path, name: Option<&str>) -> Result<Vec<Stri
             f.names.push(oci::normalize_name(&stem(path))?);
         }
     }
-    let mut names = Vec::new();
     let mut staged_all: HashMap<String, Staged> = HashMap::new();
     let staging = store.staging()?;
     // Checks and staging first, for every image: nothing is committed unless all pass.
@@ -232,10 +248,21 @@ pub fn import(store: &Store, path: &Path, name: Option<&str>) -> Result<Vec<Stri
     for f in &found {
         plans.push(stage_image(store, &src, f, &staging.path, &mut staged_all)?);
     }
+    commit(store, &found, &plans, &staged_all)
+}
+
+/// Moves what was staged into the store and records the names; returns them.
+pub(crate) fn commit(
+    store: &Store,
+    found: &[Found],
+    plans: &[Plan],
+    staged_all: &HashMap<String, Staged>,
+) -> Result<Vec<String>> {
+    let mut names = Vec::new();
     // Commit: under the lock, re-check what we counted on finding in the store (a
     // concurrent `rm` may have collected it since; then import again).
     let lock = store.lock()?;
-    for (f, plan) in found.iter().zip(&plans) {
+    for (f, plan) in found.iter().zip(plans) {
         for (i, key) in plan.keys.iter().enumerate() {
             let chain = &plan.chains[i];
             if let Some(s) = staged_all.get(key) {
@@ -274,18 +301,26 @@ pub fn import(store: &Store, path: &Path, name: Option<&str>) -> Result<Vec<Stri
     Ok(names)
 }
 
-struct Plan {
+pub(crate) struct Plan {
     /// Per layer: the key of its staged copy in `staged_all` (blob label).
     keys: Vec<String>,
     chains: Vec<Digest>,
     diff_ids: Vec<Digest>,
     layer_descs: Vec<Descriptor>,
-    manifest_bytes: Vec<u8>,
+    pub(crate) manifest_bytes: Vec<u8>,
 }
 
-fn stage_image(
+/// Whether the store holds this blob and the layer unpacked (and verified) from it at this
+/// chain position: then the blob need not be read again.
+pub(crate) fn in_store(store: &Store, blob: &Digest, chain: &Digest) -> bool {
+    store.has_blob(blob) && store.layer_verified_with(chain, blob)
+}
+
+/// Checks an image's config against its layers, stages the layers `staged_all` does not hold
+/// yet and the store lacks (read from `src`), and makes the manifest the store will keep.
+pub(crate) fn stage_image(
     store: &Store,
-    src: &Source,
+    src: &dyn LayerSource,
     f: &Found,
     dir: &Path,
     staged_all: &mut HashMap<String, Staged>,
@@ -310,17 +345,16 @@ fn stage_image(
     let total = f.layers.len();
     for (i, (rel, desc)) in f.layers.iter().enumerate() {
         let expected = desc.as_ref().map(|d| d.digest()).transpose()?;
-        // A blob unpacks to one layer directory per chain (per position in a stack).
         let key = match &expected {
-            Some(d) => format!("{d}@{}", chains[i]),
-            None => format!("{rel}@{}", chains[i]),
+            Some(d) => layer_key(d.as_str(), &chains[i]),
+            None => layer_key(rel, &chains[i]),
         };
         let known = staged_all
             .get(&key)
             .map(|s| (s.digest.clone(), s.size, s.compression));
         let in_store = expected
             .as_ref()
-            .is_some_and(|d| store.has_blob(d) && store.layer_verified_with(&chains[i], d));
+            .is_some_and(|d| in_store(store, d, &chains[i]));
         let (digest, size, compression) = match known {
             Some(k) => k,
             None if in_store => {
@@ -332,7 +366,7 @@ fn stage_image(
                 (d, size, c)
             }
             None => {
-                let (reader, len) = src.reader(rel)?;
+                let (reader, len) = src.layer(rel)?;
                 let label = expected
                     .as_ref()
                     .map_or_else(|| rel.clone(), |d| d.to_string());

@@ -203,8 +203,16 @@ impl Compression {
     }
 }
 
-/// `NAME` -> `NAME:latest`; refuses names that cannot be image references.
+/// `NAME` -> `NAME:latest`; refuses names that cannot be image references. `NAME@sha256:..`
+/// (an image pulled by digest) stays as it is.
 pub fn normalize_name(name: &str) -> Result<String> {
+    if let Some((n, d)) = name.split_once('@')
+        && Digest::parse(d).is_ok()
+        && !n.rsplit('/').next().unwrap_or(n).contains(':')
+        && normalize_name(n).is_ok()
+    {
+        return Ok(name.to_owned());
+    }
     let bad = name.is_empty()
         || name.len() > 255
         || name.contains('@')
@@ -271,6 +279,12 @@ mod tests {
         assert_eq!(normalize_name("a/b:v1").unwrap(), "a/b:v1");
         assert!(normalize_name("a b").is_err());
         assert!(normalize_name("a@sha256:00").is_err());
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            normalize_name(&format!("h:1/a@{d}")).unwrap(),
+            format!("h:1/a@{d}")
+        );
+        assert!(normalize_name(&format!("a:t@{d}")).is_err());
         assert_eq!(tag_of("localhost:5000/a/b:v1"), "v1");
     }
 

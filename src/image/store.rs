@@ -387,6 +387,24 @@ impl Store {
             .collect()
     }
 
+    /// Gives the image `src` the name `dst` too (`strata image tag`); returns the name.
+    pub fn tag(&self, src: &str, dst: &str) -> Result<String> {
+        let dst = oci::normalize_name(dst)?;
+        let img = self.get(src)?;
+        let lock = self.lock()?;
+        let mut images = self.images()?;
+        if !images.contains_key(&img.name) {
+            return Err(ImageError::NotFound(src.to_owned()));
+        }
+        let old = images.insert(dst.clone(), img.record);
+        self.write_images(&lock, &images)?;
+        if old.is_some() {
+            // The name moved: what only the old image used may now be unused.
+            self.gc(&lock)?;
+        }
+        Ok(dst)
+    }
+
     /// Removes a name, then every layer and blob no remaining image uses.
     pub fn remove(&self, name: &str) -> Result<GcReport> {
         let img = self.get(name)?;
