@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use strata::mount::{MountRequest, umount};
 
+mod build;
 mod image;
 mod run;
 use strata::options::MountOptions;
@@ -45,6 +46,8 @@ enum Cmd {
     Commit(image::CommitArgs),
     /// Run a command in a container on a union of layers (or an image).
     Run(Box<run::RunArgs>),
+    /// Build an image from a Dockerfile.
+    Build(Box<build::BuildArgs>),
 }
 
 #[derive(clap::Args)]
@@ -93,6 +96,7 @@ fn normalise_args() -> Vec<OsString> {
         b"image",
         b"commit",
         b"run",
+        b"build",
         b"--root",
         b"help",
         b"-h",
@@ -156,6 +160,7 @@ fn run() -> anyhow::Result<u8> {
         Cmd::Image(c) => image::image(cli.root, c)?,
         Cmd::Commit(a) => image::commit(cli.root, a)?,
         Cmd::Run(a) => return run::run(cli.root, *a),
+        Cmd::Build(a) => return build::build(cli.root, *a),
     }
     Ok(0)
 }
