@@ -4,6 +4,7 @@
 //! parent chain, the expanded instruction, the build args it sees and its sources' checksum.
 
 pub mod cache;
+mod config;
 pub mod copy;
 pub mod dockerfile;
 pub mod expand;
