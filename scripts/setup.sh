@@ -29,6 +29,7 @@ declare -A by_command=(
   [cc]=gcc                   # the linker cargo uses
   [skopeo]=skopeo            # tests: exported OCI layouts read back
   [umoci]=umoci              # tests: exported OCI layouts unpacked
+  [buildah]=buildah          # tests and benchmark: strata build's reference (buildah bud --layers)
   [mkfs.xfs]=xfsprogs        # tests: the xfs layout (reflink copy-up; scripts/layouts.sh)
   [mkfs.btrfs]=btrfs-progs   # tests: the btrfs layout
 )
