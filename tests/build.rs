@@ -481,3 +481,36 @@ fn hostile_base_symlinks_stay_inside() {
     assert_eq!(env.run_ok("evil:2", &["cat", &inside]), "data");
     env.assert_clean();
 }
+
+/// Two builds at once over one store and one cache: both succeed, and agree.
+#[test]
+fn concurrent_builds_share_the_store_safely() {
+    let Some(env) = Env::new() else { return };
+    env.base("busybox");
+    let ctx = env.context(
+        "conc",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nCOPY a /a\nRUN cat /a > /b\nCMD [\"cat\", \"/b\"]\n",
+            ),
+            ("a", "same\n"),
+        ],
+    );
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|i| {
+                let (env, ctx) = (&env, &ctx);
+                s.spawn(move || env.build_ok(ctx, &["-t", &format!("conc:{i}")]).0)
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(env.run_ok("conc:0", &[]), "same\n");
+    assert_eq!(env.run_ok("conc:1", &[]), "same\n");
+    // Either reused the other's steps or made its own; a third build is all cached.
+    let (id, err) = env.build_ok(&ctx, &["-t", "conc:2"]);
+    assert!(ids.contains(&id), "{ids:?} {id}");
+    assert!(outcomes(&err).iter().all(|(_, r)| *r == "CACHED"));
+    env.assert_clean();
+}

@@ -234,27 +234,17 @@ fn fields(doc: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
 }
 
 fn listing(env: &Env, image: &str) -> String {
-    let o = env
-        .strata()
-        .args([
-            "run",
-            "--user",
-            "0:0",
-            "--entrypoint",
-            "/bin/sh",
-            image,
-            "--",
-            "-c",
-            LIST,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "listing {image}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    env.ok(&[
+        "run",
+        "--user",
+        "0:0",
+        "--entrypoint",
+        "/bin/sh",
+        image,
+        "--",
+        "-c",
+        LIST,
+    ])
 }
 
 fn write_tar(path: &Path) {
@@ -287,13 +277,12 @@ fn strata_and_buildah_build_the_same_images() {
         .tempdir_in("/var/tmp")
         .unwrap();
     let l = layout.path().join("l");
-    let o = env
-        .strata()
-        .args(["image", "export", "parity/base"])
-        .arg(&l)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    env.ok(&[
+        "image".as_ref(),
+        "export".as_ref(),
+        "parity/base".as_ref(),
+        l.as_os_str(),
+    ]);
     bh.ok(&["pull", &format!("oci:{}", l.display())]);
     let id = bh.ok(&["images", "-q"]).trim().to_owned();
     bh.ok(&["tag", &id, "parity/base"]);
@@ -322,18 +311,8 @@ fn strata_and_buildah_build_the_same_images() {
         let out = env.path(&format!("bh-{name}"));
         bh.ok(&["push", name, &format!("oci:{}", out.display())]);
         let theirs = format!("buildah/{name}");
-        let o = env
-            .strata()
-            .args(["image", "import"])
-            .arg(&out)
-            .args(["--name", &theirs])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "import: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let out = out.to_string_lossy();
+        env.ok(&["image", "import", &out, "--name", &theirs]);
         let (a, b) = (listing(&env, &ours), listing(&env, &theirs));
         // buildah's RUN leaves its mountpoints in the layer (empty /etc/hosts, /etc/hostname,
         // /etc/resolv.conf, /run); docker does not, nor does strata. Only those may differ.

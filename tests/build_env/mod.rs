@@ -181,18 +181,20 @@ impl Env {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
-    pub fn inspect(&self, image: &str) -> serde_json::Value {
-        let o = self
-            .strata()
-            .args(["image", "inspect", image])
-            .output()
-            .unwrap();
+    /// Runs strata with these arguments; fails the test unless it succeeds; its stdout.
+    pub fn ok<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> String {
+        let o = self.strata().args(args).output().unwrap();
+        let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
         assert!(
             o.status.success(),
-            "inspect: {}",
+            "strata {shown:?}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        serde_json::from_slice(&o.stdout).unwrap()
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn inspect(&self, image: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["image", "inspect", image])).unwrap()
     }
 
     pub fn has_image(&self, image: &str) -> bool {
