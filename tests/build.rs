@@ -364,6 +364,10 @@ fn bad_input_and_failing_run() {
             "FROM busybox\nUSER nobody-here\nRUN true\n",
             "Dockerfile:3: USER nobody-here",
         ),
+        (
+            "FROM busybox\nUSER ghost:staff\n",
+            "Dockerfile:2: USER ghost:staff: ",
+        ),
         ("FROM nosuchimage\n", "Dockerfile:1: image \"nosuchimage\""),
         (
             "FROM busybox\nENV X=\"${Y:?must be set}\"\n",

@@ -137,6 +137,16 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// The line of the target stage's last USER (for errors about it).
+    fn user_line(&self, stage: usize) -> usize {
+        let sp = &self.plan.stages[stage];
+        sp.body
+            .iter()
+            .rev()
+            .find(|i| matches!(i.kind, Kind::User(_)))
+            .map_or(sp.from_line, |i| i.line)
+    }
+
     /// An earlier stage (by name or index), once built.
     pub fn built_stage(&self, r: &str) -> Option<StageImage> {
         let i = super::plan::stage_ref(&self.plan.stages, self.plan.stages.len(), r)?;
@@ -161,6 +171,18 @@ impl<'a> Builder<'a> {
             .done
             .remove(&target)
             .ok_or_else(|| at(0, "target stage was not built"))?;
+        // The image's USER must resolve in its own /etc/passwd, or `strata run` could not start it.
+        if let Some(u) = img.config["config"]["User"]
+            .as_str()
+            .filter(|u| !u.is_empty())
+        {
+            let numeric = u.split(':').all(|p| p.parse::<u32>().is_ok());
+            if !numeric {
+                let lowers = self.lowers(&img)?;
+                crate::image::resolve_user(&lowers, u)
+                    .map_err(|e| at(self.user_line(target), format!("USER {u}: {e}")))?;
+            }
+        }
         let id = self.write_image(&img)?;
         let tags = self
             .opts
