@@ -168,7 +168,9 @@ fn multi_stage_target_and_unused_stages() {
             "Dockerfile",
             "ARG BASE=busybox\nFROM $BASE AS builder\nRUN mkdir /out && echo compiled > /out/bin\n\
              FROM busybox AS never\nRUN false\n\
+             FROM busybox AS other\nRUN echo other > /o\n\
              FROM scratch\nCOPY --from=builder /out/bin /app/bin\nCOPY --from=0 /bin/busybox /bin/busybox\n\
+             COPY --from=other /o /app/o\n\
              ENTRYPOINT [\"/bin/busybox\", \"cat\"]\nCMD [\"/app/bin\"]\n",
         )],
     );
@@ -181,10 +183,12 @@ fn multi_stage_target_and_unused_stages() {
         "a stage the target does not need is not built: {err}"
     );
     assert_eq!(env.run_ok("m:1", &[]), "compiled\n");
+    // `builder` and `other` are independent: built side by side, both copied from.
+    assert_eq!(env.run_ok("m:1", &["/app/o"]), "other\n");
     let iid = fs::read_to_string(env.path("iid")).unwrap();
     assert_eq!(env.inspect("m:1")["id"], iid.trim());
-    // Only what the final stage copied: two layers from scratch.
-    assert_eq!(env.inspect("m:1")["layers"].as_array().unwrap().len(), 2);
+    // Only what the final stage copied: three layers from scratch.
+    assert_eq!(env.inspect("m:1")["layers"].as_array().unwrap().len(), 3);
     env.build_ok(&ctx, &["-t", "m:builder", "--target", "builder"]);
     assert_eq!(env.run_ok("m:builder", &["cat", "/out/bin"]), "compiled\n");
     let o = env.build(&ctx, &["--target", "nosuch"]);

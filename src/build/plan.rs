@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use super::dockerfile::{Dockerfile, Instruction, Kind};
 use super::{BuildError, BuildOptions, Result, at, expand};
 
+/// For each stage, the stages it needs.
+pub type Deps = BTreeMap<usize, Vec<usize>>;
+
 /// What a stage starts from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Base {
@@ -42,6 +45,8 @@ pub struct Plan {
     pub target: usize,
     /// The stages to build, in order (the target last).
     pub needed: Vec<usize>,
+    /// For each needed stage, the stages it needs (FROM, COPY --from).
+    pub deps: Deps,
 }
 
 /// The platform strata builds for, as OCI names it.
@@ -181,12 +186,13 @@ impl Plan {
                 .filter(|_| t.parse::<usize>().is_err())
                 .ok_or_else(|| BuildError::Target(t.clone()))?,
         };
-        let needed = needed(&stages, target, &global_args, esc)?;
+        let (needed, deps) = needed(&stages, target, &global_args, esc)?;
         Ok(Plan {
             global_args,
             stages,
             target,
             needed,
+            deps,
         })
     }
 }
@@ -197,16 +203,19 @@ fn needed(
     target: usize,
     global: &BTreeMap<String, String>,
     esc: char,
-) -> Result<Vec<usize>> {
+) -> Result<(Vec<usize>, Deps)> {
     let mut want = vec![false; stages.len()];
+    let mut deps = Deps::new();
     let mut todo = vec![target];
     while let Some(s) = todo.pop() {
         if want[s] {
             continue;
         }
         want[s] = true;
+        let mine = deps.entry(s).or_default();
         if let Base::Stage(b) = stages[s].base {
             todo.push(b);
+            mine.push(b);
         }
         for i in &stages[s].body {
             let (Kind::Copy(c) | Kind::Add(c)) = &i.kind else {
@@ -218,6 +227,7 @@ fn needed(
                 let r = expand::word(raw, esc, &vars).map_err(|e| at(i.line, e.to_string()))?;
                 if let Some(d) = stage_ref(stages, s, &r) {
                     todo.push(d);
+                    deps.entry(s).or_default().push(d);
                 } else if stages[s..]
                     .iter()
                     .any(|x| x.name.as_deref() == Some(r.as_str()))
@@ -230,5 +240,5 @@ fn needed(
             }
         }
     }
-    Ok((0..stages.len()).filter(|&s| want[s]).collect())
+    Ok(((0..stages.len()).filter(|&s| want[s]).collect(), deps))
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -74,8 +75,8 @@ pub(super) struct Builder<'a> {
     done: HashMap<usize, StageImage>,
     pub ctx: OwnedFd,
     pub ignore: Ignore,
-    ran: usize,
-    cached: usize,
+    ran: AtomicUsize,
+    cached: AtomicUsize,
 }
 
 const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
@@ -119,8 +120,8 @@ impl<'a> Builder<'a> {
             done: HashMap::new(),
             ctx,
             ignore,
-            ran: 0,
-            cached: 0,
+            ran: AtomicUsize::new(0),
+            cached: AtomicUsize::new(0),
         })
     }
 
@@ -162,9 +163,35 @@ impl<'a> Builder<'a> {
     }
 
     pub fn run(mut self) -> Result<Built> {
-        for &s in &self.plan.needed {
-            let img = self.stage(s)?;
-            self.done.insert(s, img);
+        // Stages whose dependencies are built go together, each on its own thread.
+        while self.done.len() < self.plan.needed.len() {
+            let wave: Vec<usize> = self
+                .plan
+                .needed
+                .iter()
+                .copied()
+                .filter(|s| !self.done.contains_key(s))
+                .filter(|s| self.plan.deps[s].iter().all(|d| self.done.contains_key(d)))
+                .collect();
+            if wave.is_empty() {
+                return Err(at(0, "the stages depend on each other in a cycle"));
+            }
+            let this = &self;
+            let built: Vec<Result<StageImage>> = std::thread::scope(|scope| {
+                let hs: Vec<_> = wave
+                    .iter()
+                    .map(|&s| scope.spawn(move || this.stage(s)))
+                    .collect();
+                hs.into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(at(0, "a stage's thread panicked")))
+                    })
+                    .collect()
+            });
+            for (s, img) in wave.into_iter().zip(built) {
+                self.done.insert(s, img?);
+            }
         }
         let target = self.plan.target;
         let img = self
@@ -193,8 +220,8 @@ impl<'a> Builder<'a> {
         Ok(Built {
             id,
             tags,
-            ran: self.ran,
-            cached: self.cached,
+            ran: self.ran.into_inner(),
+            cached: self.cached.into_inner(),
         })
     }
 
@@ -251,7 +278,7 @@ impl<'a> Builder<'a> {
         })
     }
 
-    fn stage(&mut self, s: usize) -> Result<StageImage> {
+    fn stage(&self, s: usize) -> Result<StageImage> {
         let sp = &self.plan.stages[s];
         let mut img = self.base(s)?;
         // docker's default PATH, when the base sets none.
@@ -325,7 +352,7 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn instruction(&mut self, st: &mut St, ins: &Instruction) -> Result<()> {
+    fn instruction(&self, st: &mut St, ins: &Instruction) -> Result<()> {
         let line = ins.line;
         fn cfg(st: &mut St) -> &mut serde_json::Map<String, Value> {
             run_config(&mut st.img.config)
@@ -457,12 +484,7 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn arg(
-        &mut self,
-        st: &mut St,
-        ins: &Instruction,
-        args: &[(String, Option<String>)],
-    ) -> Result<()> {
+    fn arg(&self, st: &mut St, ins: &Instruction, args: &[(String, Option<String>)]) -> Result<()> {
         let mut text = Vec::new();
         for (k, default) in args {
             let value = match (self.opts.build_args.get(k), default) {
@@ -496,7 +518,7 @@ impl<'a> Builder<'a> {
         )
     }
 
-    fn workdir(&mut self, st: &mut St, ins: &Instruction, w: &str) -> Result<()> {
+    fn workdir(&self, st: &mut St, ins: &Instruction, w: &str) -> Result<()> {
         let w = self.expand_word(st, ins.line, w)?;
         let prev = st.img.config["config"]["WorkingDir"]
             .as_str()
@@ -532,7 +554,7 @@ impl<'a> Builder<'a> {
         )
     }
 
-    fn config_step(&mut self, st: &mut St, ins: &Instruction, created_by: String) -> Result<()> {
+    fn config_step(&self, st: &mut St, ins: &Instruction, created_by: String) -> Result<()> {
         let t = created_by.clone();
         self.step(st, ins, &[t.as_bytes()], created_by, None)
     }
@@ -540,7 +562,7 @@ impl<'a> Builder<'a> {
     /// One step through the cache: reused when its key is there (and nothing missed
     /// before it in this stage), else done and recorded.
     fn step(
-        &mut self,
+        &self,
         st: &mut St,
         ins: &Instruction,
         parts: &[&[u8]],
@@ -557,8 +579,8 @@ impl<'a> Builder<'a> {
             && !st.missed
             && let Some(e) = cache::lookup(self.store, &key)
         {
-            self.say("  CACHED".into());
-            self.cached += 1;
+            self.say(format!("[{}] [{}/{}] CACHED", st.label, st.step, st.steps));
+            self.cached.fetch_add(1, Ordering::Relaxed);
             apply(st, key, e, created_by);
             return Ok(());
         }
@@ -588,15 +610,18 @@ impl<'a> Builder<'a> {
             .as_ref()
             .map_or(String::new(), |l| format!(", layer {}", human(l.size)));
         self.say(format!(
-            "  DONE {:.2}s{size}",
+            "[{}] [{}/{}] DONE {:.2}s{size}",
+            st.label,
+            st.step,
+            st.steps,
             started.elapsed().as_secs_f64()
         ));
-        self.ran += 1;
+        self.ran.fetch_add(1, Ordering::Relaxed);
         apply(st, key, entry, created_by);
         Ok(())
     }
 
-    fn act(&mut self, st: &St, ins: &Instruction, a: Action) -> Result<NewLayer> {
+    fn act(&self, st: &St, ins: &Instruction, a: Action) -> Result<NewLayer> {
         let lowers = self.lowers(&st.img)?;
         let diff_ids = st
             .img
@@ -660,7 +685,7 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn run_step(&mut self, st: &mut St, ins: &Instruction, argv: Vec<String>) -> Result<()> {
+    fn run_step(&self, st: &mut St, ins: &Instruction, argv: Vec<String>) -> Result<()> {
         let mut env = env_list(&st.img.config);
         for (k, v) in &st.args {
             if env_get(&st.img.config, k).is_none() {
@@ -712,7 +737,7 @@ impl<'a> Builder<'a> {
     }
 
     fn copy_step(
-        &mut self,
+        &self,
         st: &mut St,
         ins: &Instruction,
         c: &super::dockerfile::Copy,

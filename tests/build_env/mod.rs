@@ -233,13 +233,14 @@ impl Env {
 pub fn outcomes(err: &str) -> Vec<(String, &'static str)> {
     let mut out = Vec::new();
     let mut last = String::new();
-    for l in err.lines() {
-        if l.starts_with('[') {
-            last = l.splitn(3, "] ").nth(2).unwrap_or("").to_owned();
-        } else if l.trim() == "CACHED" {
+    for l in err.lines().filter(|l| l.starts_with('[')) {
+        let rest = l.splitn(3, "] ").nth(2).unwrap_or("");
+        if rest == "CACHED" {
             out.push((last.clone(), "CACHED"));
-        } else if l.trim_start().starts_with("DONE") {
+        } else if rest.starts_with("DONE ") {
             out.push((last.clone(), "DONE"));
+        } else {
+            last = rest.to_owned();
         }
     }
     out
