@@ -646,6 +646,8 @@ impl<'a> Builder<'a> {
                     user,
                     network: self.opts.network,
                     quiet: self.opts.quiet,
+                    prefix: rustix::termios::isatty(std::io::stderr())
+                        .then(|| format!("[{}] [{}/{}]", st.label, st.step, st.steps)),
                 };
                 let (code, upper, _staging) = workspace::run_container(self.store, &c)?;
                 if code != 0 {

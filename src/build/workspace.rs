@@ -107,6 +107,42 @@ pub struct Container<'a> {
     pub user: Option<(u32, u32)>,
     pub network: Network,
     pub quiet: bool,
+    /// On a terminal, each output line is prefixed with this (the step), as BuildKit does.
+    pub prefix: Option<String>,
+}
+
+/// Runs `cmd` with its stdout and stderr copied line by line to stderr, each line prefixed.
+fn prefixed(cmd: &mut Command, prefix: &str) -> std::io::Result<std::process::ExitStatus> {
+    use std::io::{BufRead, Write};
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let out: Vec<Box<dyn std::io::Read + Send>> = [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    std::thread::scope(|s| {
+        for r in out {
+            s.spawn(move || {
+                for line in BufRead::split(std::io::BufReader::new(r), b'\n')
+                    .map_while(std::result::Result::ok)
+                {
+                    let mut err = std::io::stderr().lock();
+                    let _ = err.write_all(format!("{prefix} ").as_bytes());
+                    let _ = err.write_all(&line);
+                    let _ = err.write_all(b"\n");
+                }
+            });
+        }
+        child.wait()
+    })
 }
 
 /// Runs the container with `strata run` (same namespaces, limits and root preparation as
@@ -134,17 +170,18 @@ pub fn run_container(store: &Store, c: &Container<'_>) -> Result<(i32, PathBuf, 
     }
     cmd.arg("--").args(c.argv.iter().map(OsString::from));
     cmd.stdin(Stdio::null());
-    // The step's output goes to stderr: stdout carries only the image ID.
-    if c.quiet {
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    } else {
-        let err = std::io::stderr();
-        let dup = std::os::fd::AsFd::as_fd(&err)
-            .try_clone_to_owned()
-            .map_err(io_err("duplicating", "stderr"))?;
-        cmd.stdout(Stdio::from(dup));
+    let status = match (&c.prefix, c.quiet) {
+        (_, true) => cmd.stdout(Stdio::null()).stderr(Stdio::null()).status(),
+        (Some(p), false) => prefixed(&mut cmd, p),
+        (None, false) => {
+            // The step's output goes to stderr: stdout carries only the image ID.
+            let dup = std::os::fd::AsFd::as_fd(&std::io::stderr())
+                .try_clone_to_owned()
+                .map_err(io_err("duplicating", "stderr"))?;
+            cmd.stdout(Stdio::from(dup)).status()
+        }
     }
-    let status = cmd.status().map_err(io_err("starting", c.exe))?;
+    .map_err(io_err("running", c.exe))?;
     let code = status
         .code()
         .or_else(|| std::os::unix::process::ExitStatusExt::signal(&status).map(|s| 128 + s))
