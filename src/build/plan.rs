@@ -242,3 +242,67 @@ fn needed(
     }
     Ok(((0..stages.len()).filter(|&s| want[s]).collect(), deps))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::dockerfile::parse;
+
+    fn plan(src: &str, target: Option<&str>, args: &[(&str, &str)]) -> Result<Plan> {
+        let opts = BuildOptions {
+            target: target.map(str::to_owned),
+            build_args: args
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            ..BuildOptions::default()
+        };
+        Plan::new(&parse(src).unwrap(), &opts)
+    }
+
+    #[test]
+    fn global_args_feed_from_lines_and_build_args_override() {
+        let src = "ARG TAG=1\nARG IMG=base:$TAG\nFROM $IMG AS a\nFROM a\nFROM scratch\n";
+        let p = plan(src, None, &[]).unwrap();
+        assert_eq!(p.stages[0].base, Base::Image("base:1".into()));
+        assert_eq!(p.stages[1].base, Base::Stage(0));
+        assert_eq!(p.stages[2].base, Base::Scratch);
+        assert_eq!(p.global_args["IMG"], "base:1");
+        let p = plan(src, None, &[("TAG", "2")]).unwrap();
+        assert_eq!(p.stages[0].base, Base::Image("base:2".into()));
+    }
+
+    #[test]
+    fn only_needed_stages_and_their_dependencies() {
+        let src = "FROM x AS a\nFROM x AS b\nRUN y\nFROM x AS c\nCOPY --from=a /f /f\nFROM c\n";
+        let p = plan(src, None, &[]).unwrap();
+        assert_eq!(p.needed, [0, 2, 3], "b is not needed");
+        assert_eq!(p.deps[&3], [2]);
+        assert_eq!(p.deps[&2], [0]);
+        let p = plan(src, Some("b"), &[]).unwrap();
+        assert_eq!((p.target, p.needed.clone()), (1, vec![1]));
+        assert!(matches!(
+            plan(src, Some("zz"), &[]),
+            Err(BuildError::Target(_))
+        ));
+    }
+
+    #[test]
+    fn structural_errors_name_the_line() {
+        let msg = |src: &str| plan(src, None, &[]).unwrap_err().to_string();
+        assert_eq!(
+            msg("RUN x\nFROM a\n"),
+            "Dockerfile:1: RUN before the first FROM (only ARG may come first)"
+        );
+        assert_eq!(
+            msg("FROM a AS s\nFROM b AS s\n"),
+            "Dockerfile:2: stage name \"s\" is used twice"
+        );
+        assert!(
+            msg("FROM a AS first\nCOPY --from=later /x /y\nFROM b AS later\nFROM first\n")
+                .contains("that stage comes later")
+        );
+        assert!(msg("FROM --platform=linux/s390x-nope a\n").contains("only linux/"));
+        assert_eq!(msg("ARG A\n"), "Dockerfile:1: no FROM instruction");
+    }
+}
