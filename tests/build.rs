@@ -27,7 +27,27 @@ fn course_quickstart_builds_and_runs() {
         ],
     );
     fs::set_permissions(ctx.join("quickstart.sh"), fs::Permissions::from_mode(0o755)).unwrap();
-    let (id, _) = env.build_ok(&ctx, &["-t", "gcr.io/local/quickstart-image"]);
+    let layout = env.path("qs-layout");
+    let archive = env.path("qs.tar");
+    let (id, _) = env.build_ok(
+        &ctx,
+        &[
+            "-t",
+            "gcr.io/local/quickstart-image",
+            "--output",
+            &format!("oci:{}", layout.display()),
+        ],
+    );
+    // Also written as an OCI layout (and, rebuilt from the cache, as an OCI archive).
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+    let out = format!("oci-archive:{}", archive.display());
+    env.build_ok(
+        &ctx,
+        &["-t", "gcr.io/local/quickstart-image", "--output", &out],
+    );
+    assert!(fs::metadata(&archive).unwrap().len() > 1000);
     let out = env.run_ok("gcr.io/local/quickstart-image", &[]);
     assert!(out.starts_with("Hello, world! The time is "), "{out:?}");
     let doc = env.inspect("gcr.io/local/quickstart-image");
