@@ -24,7 +24,9 @@ if [ -z "${STRATA:-}" ]; then
   cargo build --release --quiet
   STRATA=$PWD/target/release/strata
 fi
-work=$(mktemp -d /var/tmp/strata-bench-build.XXXXXX)
+# buildah names pulled layouts after their paths, which must be lowercase.
+work=/var/tmp/strata-bench-build-$$
+mkdir "$work"
 # buildah's vfs and overlay stores hold read-only copies: remove them with buildah's help.
 cleanup() {
   for s in buildah-overlay-fuse:overlay buildah-vfs:vfs; do

@@ -101,13 +101,13 @@ def busybox_root(path, extra_files=0):
 def make_base(strata, work, name, extra_files):
     """A base image built by strata (FROM scratch, COPY the root), exported as an OCI layout
     for the other candidates."""
-    ctx = os.path.join(work, f"base-{name}")
+    ctx = os.path.join(work, "base-" + name.replace("/", "-"))
     if not os.path.exists(ctx):
         busybox_root(os.path.join(ctx, "root"), extra_files)
         with open(os.path.join(ctx, "Dockerfile"), "w") as f:
             f.write("FROM scratch\nCOPY root/ /\nCMD [\"/bin/sh\"]\n")
     strata.build(ctx, name)
-    layout = os.path.join(work, f"layout-{name}")
+    layout = os.path.join(work, "layout-" + name.replace("/", "-"))
     shutil.rmtree(layout, ignore_errors=True)
     sh(strata.cmd("image", "export", name, layout), env=strata.env)
     return layout

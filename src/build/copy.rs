@@ -503,3 +503,57 @@ pub fn archive(f: &File) -> io::Result<Option<Box<dyn Read>>> {
         .unwrap_or(false);
     Ok(is_tar.then(|| Box::new(first) as Box<dyn Read>))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn sum(dir: &std::path::Path) -> Vec<u8> {
+        let fd = sys::open_root(dir).unwrap();
+        let src = gather(fd.as_fd(), b"src", Resolve::Beneath, None).unwrap();
+        checksum(&[src]).unwrap()
+    }
+
+    #[test]
+    fn checksum_covers_content_mode_type_and_links_not_mtime() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/f"), b"one").unwrap();
+        std::os::unix::fs::symlink("sub/f", src.join("l")).unwrap();
+        let first = sum(d.path());
+        let f = std::fs::File::options()
+            .append(true)
+            .open(src.join("sub/f"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        drop(f);
+        assert_eq!(sum(d.path()), first, "mtime is not part of it");
+        std::fs::write(src.join("sub/f"), b"two").unwrap();
+        let content = sum(d.path());
+        assert_ne!(content, first);
+        std::fs::set_permissions(src.join("sub/f"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        let mode = sum(d.path());
+        assert_ne!(mode, content);
+        std::fs::remove_file(src.join("l")).unwrap();
+        std::os::unix::fs::symlink("elsewhere", src.join("l")).unwrap();
+        assert_ne!(sum(d.path()), mode);
+    }
+
+    #[test]
+    fn sources_outside_the_context_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = d.path().join("ctx");
+        std::fs::create_dir(&ctx).unwrap();
+        std::fs::write(d.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink("../secret", ctx.join("rel")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("secret"), ctx.join("abs")).unwrap();
+        let fd = sys::open_root(&ctx).unwrap();
+        for p in [&b"rel"[..], b"abs", b"../secret"] {
+            let e = gather(fd.as_fd(), p, Resolve::Beneath, None).err();
+            assert_eq!(e.and_then(|e| e.raw_os_error()), Some(libc::EXDEV), "{p:?}");
+        }
+    }
+}
