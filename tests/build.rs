@@ -542,3 +542,49 @@ fn concurrent_builds_share_the_store_safely() {
     assert!(outcomes(&err).iter().all(|(_, r)| *r == "CACHED"));
     env.assert_clean();
 }
+
+/// RUN has only loopback by default; `--network host` (or `RUN --network=host`) shares the
+/// host's interfaces.
+#[test]
+fn run_network_modes() {
+    let Some(env) = Env::new() else { return };
+    env.base("busybox");
+    let ctx = env.context(
+        "net",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN cat /proc/net/dev | grep -c : > /none\n\
+             RUN --network=host cat /proc/net/dev | grep -c : > /host\n",
+        )],
+    );
+    env.build_ok(&ctx, &["-t", "net:1"]);
+    let none: u32 = env
+        .run_ok("net:1", &["cat", "/none"])
+        .trim()
+        .parse()
+        .unwrap();
+    let host: u32 = env
+        .run_ok("net:1", &["cat", "/host"])
+        .trim()
+        .parse()
+        .unwrap();
+    let ours = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .matches(':')
+        .count() as u32;
+    assert_eq!(none, 1, "only lo");
+    assert_eq!(host, ours, "the host's interfaces");
+    let bad = env.context(
+        "net-bad",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=cache,target=/c true\n",
+        )],
+    );
+    let o = env.build(&bad, &[]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("Dockerfile:2: RUN --mount=type=cache,target=/c: not supported")
+    );
+    env.assert_clean();
+}

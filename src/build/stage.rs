@@ -51,6 +51,7 @@ enum Action {
         env: Vec<String>,
         workdir: String,
         user: Option<(u32, u32)>,
+        network: super::Network,
     },
     Copy(CopyJob),
     Mkdir(Vec<u8>),
@@ -472,11 +473,20 @@ impl<'a> Builder<'a> {
                 heredocs,
                 flags,
             } => {
-                if let Some(f) = flags.iter().find(|f| f.name != "network") {
-                    return Err(at(line, format!("RUN --{}: not supported", f.name)));
+                let mut network = self.opts.network;
+                for f in flags {
+                    network = match (f.name.as_str(), f.value.as_deref()) {
+                        ("network", Some("none")) => super::Network::None,
+                        ("network", Some("host")) => super::Network::Host,
+                        ("network", Some("default")) => self.opts.network,
+                        (name, v) => {
+                            let v = v.map_or(String::new(), |v| format!("={v}"));
+                            return Err(at(line, format!("RUN --{name}{v}: not supported")));
+                        }
+                    };
                 }
                 let argv = super::steps::run_argv(cmd, heredocs, &st.shell);
-                self.run_step(st, ins, argv)
+                self.run_step(st, ins, argv, network)
             }
             Kind::Copy(c) => self.copy_step(st, ins, c, false),
             Kind::Add(c) => self.copy_step(st, ins, c, true),
@@ -636,6 +646,7 @@ impl<'a> Builder<'a> {
                 env,
                 workdir,
                 user,
+                network,
             } => {
                 let c = Container {
                     exe: &self.opts.strata_exe,
@@ -644,7 +655,7 @@ impl<'a> Builder<'a> {
                     env: &env,
                     workdir: &workdir,
                     user,
-                    network: self.opts.network,
+                    network,
                     quiet: self.opts.quiet,
                     prefix: rustix::termios::isatty(std::io::stderr())
                         .then(|| format!("[{}] [{}/{}]", st.label, st.step, st.steps)),
@@ -687,7 +698,13 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn run_step(&self, st: &mut St, ins: &Instruction, argv: Vec<String>) -> Result<()> {
+    fn run_step(
+        &self,
+        st: &mut St,
+        ins: &Instruction,
+        argv: Vec<String>,
+        network: super::Network,
+    ) -> Result<()> {
         let mut env = env_list(&st.img.config);
         for (k, v) in &st.args {
             if env_get(&st.img.config, k).is_none() {
@@ -714,7 +731,7 @@ impl<'a> Builder<'a> {
         };
         // The args it sees are part of its key, the env and all before it in the chain.
         let args: Vec<String> = st.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let net = format!("{:?}", self.opts.network);
+        let net = format!("{network:?}");
         let argv_json = serde_json::to_string(&argv).unwrap_or_default();
         let created_by = format!("RUN {}", argv.join(" "));
         let args = args.join("\n");
@@ -734,6 +751,7 @@ impl<'a> Builder<'a> {
                 env,
                 workdir,
                 user,
+                network,
             }),
         )
     }
