@@ -295,6 +295,22 @@ pub struct Writer<'a> {
     pub chmod: Option<u32>,
     pub clamp: Option<i64>,
     pub xattrs: HashMap<Vec<u8>, Xattrs>,
+    /// Who new files belong to unless changed, and the mode bits the umask takes away.
+    me: (u32, u32),
+    umask: u32,
+}
+
+/// The process's umask, read without changing it (other threads create files meanwhile).
+fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        // Unknown: assume every bit may be masked, so modes are always set explicitly.
+        .unwrap_or(0o777)
 }
 
 fn split_last(path: &[u8]) -> (Vec<u8>, Vec<u8>) {
@@ -314,6 +330,11 @@ impl<'a> Writer<'a> {
             chmod: None,
             clamp: None,
             xattrs: HashMap::new(),
+            me: (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ),
+            umask: current_umask(),
         }
     }
 
@@ -346,6 +367,7 @@ impl<'a> Writer<'a> {
             return Ok(());
         }
         let xs = self.xattrs.remove(path);
+        let (me, umask) = (self.me, self.umask);
         let dir = self.parent(&parent)?;
         let n = OsStr::from_bytes(&name);
         let existing = sys::stat_at(dir, n).ok().map(|s| s.st_mode & libc::S_IFMT);
@@ -365,20 +387,33 @@ impl<'a> Writer<'a> {
             _ => {}
         }
         match what {
+            // Each call is a round trip through the union: created with the final mode and
+            // owner where the kernel gives them, fixed up only where it does not.
             What::Dir => {
-                sys::mkdir_at(dir, n, 0o700)?;
-                sys::chown_at(dir, n, Some(uid), Some(gid))?;
-                sys::chmod_at(dir, n, mode)?;
+                sys::mkdir_at(dir, n, mode & 0o777)?;
+                if (uid, gid) != me {
+                    sys::chown_at(dir, n, Some(uid), Some(gid))?;
+                }
+                if mode & 0o7000 != 0 || mode & umask != 0 {
+                    sys::chmod_at(dir, n, mode)?;
+                }
             }
             What::File(r) => {
-                let mut f = sys::create_file_at(dir, n, 0o600, libc::O_WRONLY)?;
+                let mut f = sys::create_file_at(dir, n, mode & 0o777, libc::O_WRONLY)?;
                 io::copy(r, &mut f)?;
-                sys::chown_fd(f.as_fd(), Some(uid), Some(gid))?;
-                sys::chmod_fd(f.as_fd(), mode)?;
+                if (uid, gid) != me {
+                    sys::chown_fd(f.as_fd(), Some(uid), Some(gid))?;
+                }
+                // chown clears set-id bits: set the mode after it.
+                if mode & 0o7000 != 0 || mode & umask != 0 {
+                    sys::chmod_fd(f.as_fd(), mode)?;
+                }
             }
             What::Link(t) => {
                 sys::symlink_at(OsStr::from_bytes(t), dir, n)?;
-                sys::chown_at(dir, n, Some(uid), Some(gid))?;
+                if (uid, gid) != me {
+                    sys::chown_at(dir, n, Some(uid), Some(gid))?;
+                }
             }
         }
         if let Some(xs) = xs {
