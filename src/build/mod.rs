@@ -28,8 +28,8 @@ pub use dockerfile::ParseError;
 pub enum BuildError {
     #[error(transparent)]
     Parse(#[from] ParseError),
-    /// A problem with one instruction: `Dockerfile:LINE: what`.
-    #[error("Dockerfile:{line}: {msg}")]
+    /// A problem with one instruction: `Dockerfile:LINE: what` (line 0: the whole build).
+    #[error("{}{msg}", if *line > 0 { format!("Dockerfile:{line}: ") } else { String::new() })]
     At { line: usize, msg: String },
     #[error("{step} {path}: {cause}")]
     Io {

@@ -110,9 +110,15 @@ impl<'a> Builder<'a> {
             }
             Err(_) => Ignore::default(),
         };
-        if crate::sys::is_root() {
-            workspace::private_mount_namespace()?;
+        // Rootless builds need the user-namespace setup `strata run` has: not done yet, so
+        // say so up front rather than fail at the first chown.
+        if !crate::sys::is_root() {
+            return Err(at(
+                0,
+                "strata build needs root for now (rootless builds are not done yet)",
+            ));
         }
+        workspace::private_mount_namespace()?;
         Ok(Builder {
             store,
             opts,
