@@ -1,6 +1,7 @@
 //! strata: a FUSE union filesystem with kernel-overlayfs semantics.
 #![deny(unsafe_code)]
 
+pub mod build;
 pub mod fuse;
 pub mod image;
 pub mod launcher;

@@ -23,6 +23,8 @@ pub enum ImageCmd {
     Rm { name: String },
     /// Show an image's manifest digest, layers and config.
     Inspect { name: String },
+    /// Drop the build cache, and the layers only it kept.
+    Prune,
     /// Write an image as an OCI image layout (a directory, or a tar if PATH ends in .tar).
     Export { name: String, path: PathBuf },
     /// Give an image another name (e.g. a registry reference to push to).
@@ -131,6 +133,13 @@ pub fn image(root: Option<PathBuf>, cmd: ImageCmd) -> anyhow::Result<()> {
                 .tag(&src, &dst)
                 .with_context(|| format!("tagging {src} as {dst}"))?;
             println!("{name}");
+        }
+        ImageCmd::Prune => {
+            let r = store.prune_build_cache()?;
+            println!(
+                "build cache pruned ({} layers, {} blobs freed)",
+                r.layers, r.blobs
+            );
         }
         ImageCmd::Export { name, path } => {
             image::export::export(&store, &name, &path)

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use strata::mount::{MountRequest, umount};
 
+mod build;
 mod image;
 mod registry;
 mod run;
@@ -54,6 +55,8 @@ enum Cmd {
     Login(registry::LoginArgs),
     /// Remove the stored credentials for a registry.
     Logout(registry::LogoutArgs),
+    /// Build an image from a Dockerfile.
+    Build(Box<build::BuildArgs>),
 }
 
 #[derive(clap::Args)]
@@ -106,6 +109,7 @@ fn normalise_args() -> Vec<OsString> {
         b"push",
         b"login",
         b"logout",
+        b"build",
         b"--root",
         b"help",
         b"-h",
@@ -173,6 +177,7 @@ fn run() -> anyhow::Result<u8> {
         Cmd::Push(a) => registry::push_cmd(cli.root, a)?,
         Cmd::Login(a) => registry::login_cmd(a)?,
         Cmd::Logout(a) => registry::logout_cmd(a)?,
+        Cmd::Build(a) => return build::build(cli.root, *a),
     }
     Ok(0)
 }

@@ -135,7 +135,13 @@ pub fn run(root: Option<PathBuf>, a: RunArgs) -> anyhow::Result<u8> {
                 "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
                 "TERM=xterm".into(),
             ];
-            spec.env.extend(a.env.into_iter().map(OsString::from));
+            // `-e PATH=...` replaces the default rather than adding a second PATH.
+            for e in a.env {
+                let key = e.split('=').next().unwrap_or(&e).to_owned();
+                spec.env
+                    .retain(|d| d.to_str().and_then(|d| d.split('=').next()) != Some(&key));
+                spec.env.push(e.into());
+            }
             spec.workdir = a.workdir.map(PathBuf::from);
             spec.user = a.user.as_deref().map(launcher::parse_user).transpose()?;
         }

@@ -25,7 +25,7 @@ use super::layer::{self, LayerJob};
 use super::merged::Merged;
 use super::oci::{self, Descriptor};
 use super::progress;
-use super::store::{ImageRecord, Store};
+use super::store::{ImageRecord, Staging, Store, StoreLock};
 use super::unpack::UnpackOptions;
 use crate::sys::{self, Stat};
 use crate::union::shown_xattr_name;
@@ -49,6 +49,7 @@ struct Writer<'a> {
     merged: Option<Merged>,
     /// (dev, ino) of files with several links -> the first path written.
     links: HashMap<(u64, u64), Vec<u8>>,
+    clamp: u64,
 }
 
 fn err_at(
@@ -67,13 +68,14 @@ fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     }
 }
 
-fn header(kind: EntryType, st: &Stat) -> Header {
+/// `clamp`: no mtime later than this (SOURCE_DATE_EPOCH), for reproducible layers.
+fn header(kind: EntryType, st: &Stat, clamp: u64) -> Header {
     let mut h = Header::new_gnu();
     h.set_entry_type(kind);
     h.set_mode(st.st_mode & 0o7777);
     h.set_uid(st.st_uid.into());
     h.set_gid(st.st_gid.into());
-    h.set_mtime(st.st_mtime.max(0) as u64);
+    h.set_mtime((st.st_mtime.max(0) as u64).min(clamp));
     h.set_size(0);
     h
 }
@@ -130,7 +132,7 @@ impl Writer<'_> {
     }
 
     fn empty(&mut self, kind: EntryType, st: &Stat, path: &[u8]) -> io::Result<()> {
-        let mut h = header(kind, st);
+        let mut h = header(kind, st, self.clamp);
         self.tar
             .append_data(&mut h, OsStr::from_bytes(path), io::empty())
     }
@@ -200,7 +202,7 @@ impl Writer<'_> {
             let xattrs = user_xattrs(dir, n).map_err(err("reading xattrs of"))?;
             if st.st_nlink > 1 && fmt != libc::S_IFDIR {
                 if let Some(first) = self.links.get(&(st.st_dev, st.st_ino)).cloned() {
-                    let mut h = header(EntryType::Link, &st);
+                    let mut h = header(EntryType::Link, &st, self.clamp);
                     self.tar
                         .append_link(&mut h, OsStr::from_bytes(&path), OsStr::from_bytes(&first))
                         .map_err(err("writing"))?;
@@ -227,7 +229,7 @@ impl Writer<'_> {
                         Some(Err(e)) => return Err(err("looking up (merged)")(e)),
                         _ => Vec::new(),
                     };
-                    let mut h = header(EntryType::Regular, &st);
+                    let mut h = header(EntryType::Regular, &st, self.clamp);
                     h.set_size(data.len() as u64);
                     self.tar
                         .append_data(&mut h, OsStr::from_bytes(&path), data.as_slice())
@@ -235,7 +237,7 @@ impl Writer<'_> {
                 }
                 libc::S_IFREG => {
                     let f = sys::open_for_copy(dir, n).map_err(err("opening"))?;
-                    let mut h = header(EntryType::Regular, &st);
+                    let mut h = header(EntryType::Regular, &st, self.clamp);
                     h.set_size(st.st_size as u64);
                     self.tar
                         .append_data(&mut h, OsStr::from_bytes(&path), f)
@@ -243,7 +245,7 @@ impl Writer<'_> {
                 }
                 libc::S_IFLNK => {
                     let target = sys::readlink_at(dir, n).map_err(err("reading link"))?;
-                    let mut h = header(EntryType::Symlink, &st);
+                    let mut h = header(EntryType::Symlink, &st, self.clamp);
                     self.tar
                         .append_link(&mut h, OsStr::from_bytes(&path), OsStr::from_bytes(&target))
                         .map_err(err("writing"))?;
@@ -254,7 +256,7 @@ impl Writer<'_> {
                     } else {
                         EntryType::Block
                     };
-                    let mut h = header(kind, &st);
+                    let mut h = header(kind, &st, self.clamp);
                     h.set_device_major(rustix::fs::major(st.st_rdev))
                         .map_err(err("writing"))?;
                     h.set_device_minor(rustix::fs::minor(st.st_rdev))
@@ -366,12 +368,12 @@ impl Writer<'_> {
             libc::S_IFDIR => self.empty(EntryType::Directory, st, path),
             libc::S_IFREG => {
                 let data = data.unwrap_or_default();
-                let mut h = header(EntryType::Regular, st);
+                let mut h = header(EntryType::Regular, st, self.clamp);
                 h.set_size(data.len() as u64);
                 self.tar.append_data(&mut h, p, data.as_slice())
             }
             libc::S_IFLNK => {
-                let mut h = header(EntryType::Symlink, st);
+                let mut h = header(EntryType::Symlink, st, self.clamp);
                 self.tar
                     .append_link(&mut h, p, OsStr::from_bytes(&target.unwrap_or_default()))
             }
@@ -382,7 +384,7 @@ impl Writer<'_> {
                 } else {
                     EntryType::Block
                 };
-                let mut h = header(kind, st);
+                let mut h = header(kind, st, self.clamp);
                 let _ = h.set_device_major(rustix::fs::major(st.st_rdev));
                 let _ = h.set_device_minor(rustix::fs::minor(st.st_rdev));
                 self.tar.append_data(&mut h, p, io::empty())
@@ -393,18 +395,40 @@ impl Writer<'_> {
     }
 }
 
-/// Commits `upper` (changes made over image `from`) as a new image `name`. Returns the new
-/// image's manifest digest.
-pub fn commit(
+/// A layer written from an upper directory, staged: not in the store until [`NewLayer::store`].
+pub struct NewLayer {
+    pub diff_id: Digest,
+    pub digest: Digest,
+    pub size: u64,
+    /// Chain ID over the base's diff_ids.
+    pub chain: Digest,
+    staging: Staging,
+    blob_path: PathBuf,
+    layer: Option<PathBuf>,
+}
+
+impl NewLayer {
+    /// Moves the blob and the unpacked layer into the store (call with its lock held).
+    pub fn store(&self, store: &Store, lock: &StoreLock) -> Result<()> {
+        store.commit_blob(lock, &self.blob_path, &self.digest)?;
+        if let Some(l) = &self.layer {
+            store.commit_layer(lock, l, &self.chain, &self.diff_id, &self.digest)?;
+        }
+        let _ = &self.staging;
+        Ok(())
+    }
+}
+
+/// Writes `upper` (changes made over `lowers`, top first, whose diff_ids are `base`) as a
+/// gzip layer blob and stages its unpacked tree. Walks only the upper: the cost grows with
+/// what changed, not with the size of the layers below. `clamp`: SOURCE_DATE_EPOCH.
+pub fn write_layer(
     store: &Store,
     upper: &Path,
-    from: &str,
-    name: &str,
-    comment: Option<&str>,
-) -> Result<Digest> {
-    let name = oci::normalize_name(name)?;
-    let img = store.get(from)?;
-    let lowers = store.lower_dirs(&img)?;
+    lowers: &[PathBuf],
+    base: &[Digest],
+    clamp: Option<i64>,
+) -> Result<NewLayer> {
     let upper_fd = sys::open_root(upper).map_err(io_err("opening upper layer", upper))?;
     let staging = store.staging()?;
     let blob_path = staging.path.join("commit.tar.gz");
@@ -417,9 +441,10 @@ pub fn commit(
     let mut w = Writer {
         tar: tar::Builder::new(HashWriter::new(gz)),
         upper,
-        lowers: &lowers,
+        lowers,
         merged: None,
         links: HashMap::new(),
+        clamp: clamp.map_or(u64::MAX, |c| c.max(0) as u64),
     };
     w.walk(upper_fd.as_fd(), b"")?;
     let werr = io_err("writing", &blob_path);
@@ -432,7 +457,7 @@ pub fn commit(
     file.sync_all().map_err(io_err("syncing", &blob_path))?;
     drop(file);
 
-    let mut diff_ids = img.diff_ids.clone();
+    let mut diff_ids = base.to_vec();
     diff_ids.push(diff_id.clone());
     let chain = chain_ids(&diff_ids)
         .pop()
@@ -448,6 +473,31 @@ pub fn commit(
         opts: UnpackOptions::for_current_user(),
     };
     let staged = layer::stage(&staging.path, 0, reader, &job, &pb)?;
+    Ok(NewLayer {
+        diff_id,
+        digest,
+        size,
+        chain,
+        blob_path,
+        layer: staged.layer,
+        staging,
+    })
+}
+
+/// Commits `upper` (changes made over image `from`) as a new image `name`. Returns the new
+/// image's manifest digest.
+pub fn commit(
+    store: &Store,
+    upper: &Path,
+    from: &str,
+    name: &str,
+    comment: Option<&str>,
+) -> Result<Digest> {
+    let name = oci::normalize_name(name)?;
+    let img = store.get(from)?;
+    let lowers = store.lower_dirs(&img)?;
+    let new = write_layer(store, upper, &lowers, &img.diff_ids, None)?;
+    let (diff_id, digest, size) = (new.diff_id.clone(), new.digest.clone(), new.size);
 
     // The new config: the base's, with one more diff_id and history entry.
     let mut config: serde_json::Value = oci::parse(&img.config_bytes, "base image config")?;
@@ -494,10 +544,7 @@ pub fn commit(
             ));
         }
     }
-    store.commit_blob(&lock, &blob_path, &digest)?;
-    if let Some(l) = &staged.layer {
-        store.commit_layer(&lock, l, &chain, &diff_id, &digest)?;
-    }
+    new.store(store, &lock)?;
     let config_digest = store.put_blob(&config_bytes)?;
     let manifest_digest = store.put_blob(&manifest_bytes)?;
     let mut images = store.images()?;

@@ -428,6 +428,7 @@ impl Store {
             }
             layers.extend(img.chain_ids.iter().map(|c| c.hex().to_owned()));
         }
+        self.build_cache_refs(&mut blobs, &mut layers);
         let mut report = GcReport::default();
         for (dir, keep, count) in [
             ("blobs/sha256", &blobs, &mut report.blobs),
@@ -443,6 +444,43 @@ impl Store {
             }
         }
         Ok(report)
+    }
+
+    /// Where `strata build` keeps its cache: one `<key>.json` per step.
+    pub fn build_cache_dir(&self) -> PathBuf {
+        self.root.join("build-cache")
+    }
+
+    /// The layers and blobs build-cache entries name (`layer.chain`, `layer.digest`): the
+    /// cache outlives the images built with it until it is pruned.
+    fn build_cache_refs(&self, blobs: &mut BTreeSet<String>, layers: &mut BTreeSet<String>) {
+        let Ok(rd) = fs::read_dir(self.build_cache_dir()) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let Ok(v) = fs::read(e.path()).map(|d| serde_json::from_slice::<serde_json::Value>(&d))
+            else {
+                continue;
+            };
+            let Ok(v) = v else { continue };
+            let hex = |k: &str| {
+                v["layer"][k]
+                    .as_str()
+                    .map(|d| d.trim_start_matches("sha256:").to_owned())
+            };
+            blobs.extend(hex("digest"));
+            layers.extend(hex("chain"));
+        }
+    }
+
+    /// Drops the whole build cache, then what only it kept (`strata image prune`).
+    pub fn prune_build_cache(&self) -> Result<GcReport> {
+        let lock = self.lock()?;
+        let d = self.build_cache_dir();
+        if d.exists() {
+            remove_path(&d).map_err(io_err("removing", &d))?;
+        }
+        self.gc(&lock)
     }
 
     /// Bytes used by the files below `path` (du-like, hard links counted once per walk).

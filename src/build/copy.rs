@@ -1,0 +1,594 @@
+//! COPY and ADD: sources read from the context (never out of it: `RESOLVE_BENEATH`, so `../x`
+//! or a symlink pointing out is refused) or from another stage's root (`RESOLVE_IN_ROOT`),
+//! their checksum for the cache (content, mode, owner, type, link target, xattrs; not mtime),
+//! and the writes into the new layer, every destination resolved inside the stage's root.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::rc::Rc;
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use sha2::{Digest as _, Sha256};
+
+use crate::sys::{self, Make, SetTime};
+
+use super::ignore::Ignore;
+
+/// How a source path is resolved.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Resolve {
+    /// The build context: nothing may lead out (EXDEV).
+    Beneath,
+    /// Another stage's or image's root: absolute links and `..` stay inside.
+    InRoot,
+}
+
+pub enum Src {
+    Dir,
+    File { dir: Rc<OwnedFd>, name: Vec<u8> },
+    Opened(Rc<File>),
+    Link(Vec<u8>),
+    Bytes(Vec<u8>),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Meta {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+}
+
+/// Extended attributes, name and value.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+pub struct Entry {
+    /// Path below the source ("" for the source itself).
+    pub rel: Vec<u8>,
+    pub src: Src,
+    pub meta: Meta,
+    pub xattrs: Xattrs,
+}
+
+/// One source: a file (copied as one) or a directory (its contents are copied).
+pub struct Source {
+    pub name: Vec<u8>,
+    pub is_dir: bool,
+    pub entries: Vec<Entry>,
+}
+
+fn meta(st: &sys::Stat) -> Meta {
+    Meta {
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime: st.st_mtime,
+    }
+}
+
+fn open(root: BorrowedFd<'_>, path: &[u8], how: Resolve, flags: OFlags) -> io::Result<OwnedFd> {
+    let p = if path.is_empty() { b"." as &[u8] } else { path };
+    let resolve = match how {
+        Resolve::Beneath => ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        Resolve::InRoot => ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    };
+    let p = p.strip_prefix(b"/").unwrap_or(p);
+    let p = if p.is_empty() { b"." as &[u8] } else { p };
+    Ok(rustix::fs::openat2(
+        root,
+        OsStr::from_bytes(p),
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+        resolve,
+    )?)
+}
+
+/// User xattrs of `name` in `dir` (for the checksum and the copy); others are the system's.
+fn xattrs(dir: BorrowedFd<'_>, name: &OsStr) -> Xattrs {
+    let Ok(list) = sys::list_xattr_all(dir, name) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = list
+        .split(|&b| b == 0)
+        .filter(|k| k.starts_with(b"user.") || k.starts_with(b"security.capability"))
+        .filter_map(|k| {
+            sys::get_xattr_value(dir, name, k)
+                .ok()
+                .flatten()
+                .map(|v| (k.to_vec(), v))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Reads a source. `ctx_rel` is its path in the context, for `.dockerignore`.
+pub fn gather(
+    root: BorrowedFd<'_>,
+    path: &[u8],
+    how: Resolve,
+    ignore: Option<&Ignore>,
+) -> io::Result<Source> {
+    let fd = open(root, path, how, OFlags::PATH)?;
+    let st = sys::stat_fd(fd.as_fd())?;
+    let name = path
+        .rsplit(|&b| b == b'/')
+        .find(|c| !c.is_empty() && *c != b".")
+        .unwrap_or(b"")
+        .to_vec();
+    let ctx_rel = clean(path);
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        let mut entries = vec![Entry {
+            rel: Vec::new(),
+            src: Src::Dir,
+            meta: meta(&st),
+            xattrs: Vec::new(),
+        }];
+        walk(Rc::new(fd), b"", &ctx_rel, ignore, &mut entries)?;
+        return Ok(Source {
+            name,
+            is_dir: true,
+            entries,
+        });
+    }
+    let f = File::from(open(root, path, how, OFlags::RDONLY | OFlags::NOCTTY)?);
+    Ok(Source {
+        name,
+        is_dir: false,
+        entries: vec![Entry {
+            rel: Vec::new(),
+            src: Src::Opened(Rc::new(f)),
+            meta: meta(&st),
+            xattrs: Vec::new(),
+        }],
+    })
+}
+
+/// `a/./b/` -> `a/b` (the context-relative path `.dockerignore` patterns see).
+pub fn clean(p: &[u8]) -> Vec<u8> {
+    crate::image::unpack::clean(p).join(&b'/')
+}
+
+fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_vec(),
+        (_, true) => a.to_vec(),
+        _ => [a, b"/", b].concat(),
+    }
+}
+
+fn walk(
+    dir: Rc<OwnedFd>,
+    rel: &[u8],
+    ctx: &[u8],
+    ignore: Option<&Ignore>,
+    out: &mut Vec<Entry>,
+) -> io::Result<()> {
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    sys::read_dir(dir.as_fd(), |e| {
+        names.push(e.name.to_vec());
+        Ok(())
+    })?;
+    names.sort();
+    for name in names {
+        let n = OsStr::from_bytes(&name);
+        let st = sys::stat_at(dir.as_fd(), n)?;
+        let (r, c) = (join(rel, &name), join(ctx, &name));
+        let excluded = ignore.is_some_and(|i| i.excluded(&c));
+        let fmt = st.st_mode & libc::S_IFMT;
+        if excluded && (fmt != libc::S_IFDIR || !ignore.is_some_and(Ignore::has_exceptions)) {
+            continue;
+        }
+        let src = match fmt {
+            libc::S_IFDIR => Src::Dir,
+            libc::S_IFREG => Src::File {
+                dir: dir.clone(),
+                name: name.clone(),
+            },
+            libc::S_IFLNK => Src::Link(sys::readlink_at(dir.as_fd(), n)?),
+            // Sockets, fifos and devices have no place in a build context.
+            _ => continue,
+        };
+        out.push(Entry {
+            rel: r.clone(),
+            src,
+            meta: meta(&st),
+            xattrs: xattrs(dir.as_fd(), n),
+        });
+        if fmt == libc::S_IFDIR {
+            let before = out.len();
+            let sub = Rc::new(sys::open_path_at(dir.as_fd(), n)?);
+            walk(sub, &r, &c, ignore, out)?;
+            // An excluded directory stays only for what an exception brought back in it.
+            if excluded && out.len() == before {
+                out.pop();
+            }
+        }
+    }
+    Ok(())
+}
+
+fn reader(src: &Src) -> io::Result<Option<Box<dyn Read + '_>>> {
+    Ok(match src {
+        Src::File { dir, name } => Some(Box::new(sys::open_file_at(
+            dir.as_fd(),
+            OsStr::from_bytes(name),
+            libc::O_RDONLY,
+        )?)),
+        Src::Opened(f) => {
+            let mut f = f.try_clone()?;
+            io::Seek::rewind(&mut f)?;
+            Some(Box::new(f))
+        }
+        Src::Bytes(b) => Some(Box::new(b.as_slice())),
+        _ => None,
+    })
+}
+
+/// The checksum of sources: what the copy depends on, mtimes left out (docker's rule).
+pub fn checksum(sources: &[Source]) -> io::Result<Vec<u8>> {
+    let mut h = Sha256::new();
+    for s in sources {
+        h.update((s.name.len() as u64).to_le_bytes());
+        h.update(&s.name);
+        for e in &s.entries {
+            let kind: u8 = match e.src {
+                Src::Dir => b'd',
+                Src::Link(_) => b'l',
+                _ => b'f',
+            };
+            h.update([kind]);
+            h.update((e.rel.len() as u64).to_le_bytes());
+            h.update(&e.rel);
+            h.update(e.meta.mode.to_le_bytes());
+            h.update(e.meta.uid.to_le_bytes());
+            h.update(e.meta.gid.to_le_bytes());
+            if let Src::Link(t) = &e.src {
+                h.update((t.len() as u64).to_le_bytes());
+                h.update(t);
+            }
+            for (k, v) in &e.xattrs {
+                h.update((k.len() as u64).to_le_bytes());
+                h.update(k);
+                h.update((v.len() as u64).to_le_bytes());
+                h.update(v);
+            }
+            if let Some(mut r) = reader(&e.src)? {
+                let mut fh = Sha256::new();
+                let mut n = 0u64;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let k = r.read(&mut buf)?;
+                    if k == 0 {
+                        break;
+                    }
+                    n += k as u64;
+                    fh.update(&buf[..k]);
+                }
+                h.update(n.to_le_bytes());
+                h.update(fh.finalize());
+            }
+        }
+    }
+    Ok(h.finalize().to_vec())
+}
+
+/// What to write at a path.
+pub enum What<'a> {
+    Dir,
+    File(&'a mut dyn Read),
+    Link(&'a [u8]),
+}
+
+/// Writes into a root (the stage's union), every path resolved inside it.
+pub struct Writer<'a> {
+    root: BorrowedFd<'a>,
+    /// The last parent directory resolved (entries come grouped by directory).
+    parent: Option<(Vec<u8>, OwnedFd)>,
+    /// Owner for everything written (`--chown`), else the source's own.
+    pub chown: Option<(u32, u32)>,
+    /// Mode for everything written (`--chmod`).
+    pub chmod: Option<u32>,
+    pub clamp: Option<i64>,
+    pub xattrs: HashMap<Vec<u8>, Xattrs>,
+    /// Who new files belong to unless changed, and the mode bits the umask takes away.
+    me: (u32, u32),
+    umask: u32,
+}
+
+/// The process's umask, read without changing it (other threads create files meanwhile).
+fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        // Unknown: assume every bit may be masked, so modes are always set explicitly.
+        .unwrap_or(0o777)
+}
+
+fn split_last(path: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let comps = crate::image::unpack::clean(path);
+    match comps.split_last() {
+        Some((last, rest)) => (rest.join(&b'/'), last.to_vec()),
+        None => (Vec::new(), Vec::new()),
+    }
+}
+
+impl<'a> Writer<'a> {
+    pub fn new(root: BorrowedFd<'a>) -> Self {
+        Writer {
+            root,
+            parent: None,
+            chown: None,
+            chmod: None,
+            clamp: None,
+            xattrs: HashMap::new(),
+            me: (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ),
+            umask: current_umask(),
+        }
+    }
+
+    fn parent(&mut self, path: &[u8]) -> io::Result<BorrowedFd<'_>> {
+        if self.parent.as_ref().is_none_or(|(p, _)| p != path) {
+            let fd = sys::create_in_root(self.root, path, Make::Dir)?;
+            self.parent = Some((path.to_vec(), fd));
+        }
+        match &self.parent {
+            Some((_, fd)) => Ok(fd.as_fd()),
+            None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        }
+    }
+
+    /// Whether `path` (inside the root, links followed inside it) is a directory.
+    pub fn is_dir(&self, path: &[u8]) -> bool {
+        sys::open_in_root(self.root, path)
+            .and_then(|fd| sys::stat_fd(fd.as_fd()))
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+    }
+
+    /// Writes one entry at `path`; what is there already (not a directory) is replaced.
+    pub fn put(&mut self, path: &[u8], what: What<'_>, m: &Meta) -> io::Result<()> {
+        let (parent, name) = split_last(path);
+        let (chown, chmod, clamp) = (self.chown, self.chmod, self.clamp);
+        let (uid, gid) = chown.unwrap_or((m.uid, m.gid));
+        let mode = chmod.unwrap_or(m.mode);
+        let mtime = clamp.map_or(m.mtime, |c| m.mtime.min(c));
+        if name.is_empty() {
+            return Ok(());
+        }
+        let xs = self.xattrs.remove(path);
+        let (me, umask) = (self.me, self.umask);
+        let dir = self.parent(&parent)?;
+        let n = OsStr::from_bytes(&name);
+        let existing = sys::stat_at(dir, n).ok().map(|s| s.st_mode & libc::S_IFMT);
+        match (&what, existing) {
+            (What::Dir, Some(libc::S_IFDIR)) => {
+                // An existing directory keeps its metadata unless the flags say otherwise.
+                if chown.is_some() {
+                    sys::chown_at(dir, n, Some(uid), Some(gid))?;
+                }
+                if chmod.is_some() {
+                    sys::chmod_at(dir, n, mode)?;
+                }
+                return Ok(());
+            }
+            (_, Some(libc::S_IFDIR)) => crate::image::fsutil::remove_tree(dir, n)?,
+            (_, Some(_)) => sys::unlink_at(dir, n, false)?,
+            _ => {}
+        }
+        match what {
+            // Each call is a round trip through the union: created with the final mode and
+            // owner where the kernel gives them, fixed up only where it does not.
+            What::Dir => {
+                sys::mkdir_at(dir, n, mode & 0o777)?;
+                if (uid, gid) != me {
+                    sys::chown_at(dir, n, Some(uid), Some(gid))?;
+                }
+                if mode & 0o7000 != 0 || mode & umask != 0 {
+                    sys::chmod_at(dir, n, mode)?;
+                }
+            }
+            What::File(r) => {
+                let mut f = sys::create_file_at(dir, n, mode & 0o777, libc::O_WRONLY)?;
+                io::copy(r, &mut f)?;
+                if (uid, gid) != me {
+                    sys::chown_fd(f.as_fd(), Some(uid), Some(gid))?;
+                }
+                // chown clears set-id bits: set the mode after it.
+                if mode & 0o7000 != 0 || mode & umask != 0 {
+                    sys::chmod_fd(f.as_fd(), mode)?;
+                }
+            }
+            What::Link(t) => {
+                sys::symlink_at(OsStr::from_bytes(t), dir, n)?;
+                if (uid, gid) != me {
+                    sys::chown_at(dir, n, Some(uid), Some(gid))?;
+                }
+            }
+        }
+        if let Some(xs) = xs {
+            for (k, v) in &xs {
+                let _ = sys::set_xattr(dir, n, k, v, 0);
+            }
+        }
+        sys::utimens_at(dir, n, SetTime::Omit, SetTime::At(mtime, 0))
+    }
+
+    /// Copies a source to `dest` (a directory when `into_dir`); a directory's contents go
+    /// into `dest`.
+    pub fn copy(&mut self, s: &Source, dest: &[u8], into_dir: bool) -> io::Result<()> {
+        let base = if s.is_dir || !into_dir {
+            dest.to_vec()
+        } else {
+            join(dest, &s.name)
+        };
+        if s.is_dir {
+            // The destination directory itself: created if missing, as 0755 root.
+            let m = Meta {
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: s.entries.first().map_or(0, |e| e.meta.mtime),
+            };
+            let (own, mode) = (self.chown, self.chmod);
+            self.chown = own.or(Some((0, 0)));
+            let r = self.put(&base, What::Dir, &m);
+            self.chown = own;
+            self.chmod = mode;
+            r?;
+        }
+        for e in &s.entries {
+            if s.is_dir && e.rel.is_empty() {
+                continue;
+            }
+            let target = join(&base, &e.rel);
+            if !e.xattrs.is_empty() {
+                self.xattrs.insert(target.clone(), e.xattrs.clone());
+            }
+            match &e.src {
+                Src::Dir => self.put(&target, What::Dir, &e.meta)?,
+                Src::Link(t) => self.put(&target, What::Link(t), &e.meta)?,
+                src => {
+                    let mut r =
+                        reader(src)?.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+                    self.put(&target, What::File(&mut r), &e.meta)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// ADD of a local archive: its entries extracted below `dest`, owners kept (unless
+    /// --chown), paths cleaned so nothing lands outside `dest`. Hard links become copies.
+    pub fn extract(&mut self, data: Box<dyn Read + '_>, dest: &[u8]) -> io::Result<()> {
+        let mut ar = tar::Archive::new(data);
+        let mut seen: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        for entry in ar.entries()? {
+            let mut entry = entry?;
+            let h = entry.header().clone();
+            let path = clean(&entry.path_bytes());
+            let target = join(dest, &path);
+            let m = Meta {
+                mode: h.mode()? & 0o7777,
+                uid: h.uid()? as u32,
+                gid: h.gid()? as u32,
+                mtime: h.mtime()? as i64,
+            };
+            match h.entry_type() {
+                tar::EntryType::Directory => self.put(&target, What::Dir, &m)?,
+                tar::EntryType::Symlink => {
+                    let t = entry
+                        .link_name_bytes()
+                        .map(|c| c.to_vec())
+                        .unwrap_or_default();
+                    self.put(&target, What::Link(&t), &m)?;
+                }
+                tar::EntryType::Link => {
+                    let from = clean(&entry.link_name_bytes().unwrap_or_default());
+                    if let Some(data) = seen.get(&from).cloned() {
+                        self.put(&target, What::File(&mut data.as_slice()), &m)?;
+                    }
+                }
+                t if t.is_file() => {
+                    let mut data = Vec::new();
+                    entry.read_to_end(&mut data)?;
+                    self.put(&target, What::File(&mut data.as_slice()), &m)?;
+                    seen.insert(path, data);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The archive's decompressed stream when `f` is a tar (plain, gzip, bzip2, xz or zstd),
+/// else None (ADD copies it as a file).
+pub fn archive(f: &File) -> io::Result<Option<Box<dyn Read>>> {
+    let mut f = f.try_clone()?;
+    io::Seek::rewind(&mut f)?;
+    let mut buf = BufReader::new(f);
+    let head = buf.fill_buf()?.to_vec();
+    let decoded: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(buf))
+    } else if head.starts_with(b"BZh") {
+        Box::new(bzip2::bufread::MultiBzDecoder::new(buf))
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(buf))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(zstd::Decoder::with_buffer(buf)?)
+    } else {
+        Box::new(buf)
+    };
+    // A tar has "ustar" at offset 257 of its first header.
+    let mut first = BufReader::with_capacity(1024, decoded);
+    let is_tar = first
+        .fill_buf()
+        .map(|b| b.len() >= 262 && &b[257..262] == b"ustar")
+        .unwrap_or(false);
+    Ok(is_tar.then(|| Box::new(first) as Box<dyn Read>))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn sum(dir: &std::path::Path) -> Vec<u8> {
+        let fd = sys::open_root(dir).unwrap();
+        let src = gather(fd.as_fd(), b"src", Resolve::Beneath, None).unwrap();
+        checksum(&[src]).unwrap()
+    }
+
+    #[test]
+    fn checksum_covers_content_mode_type_and_links_not_mtime() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/f"), b"one").unwrap();
+        std::os::unix::fs::symlink("sub/f", src.join("l")).unwrap();
+        let first = sum(d.path());
+        let f = std::fs::File::options()
+            .append(true)
+            .open(src.join("sub/f"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        drop(f);
+        assert_eq!(sum(d.path()), first, "mtime is not part of it");
+        std::fs::write(src.join("sub/f"), b"two").unwrap();
+        let content = sum(d.path());
+        assert_ne!(content, first);
+        std::fs::set_permissions(src.join("sub/f"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        let mode = sum(d.path());
+        assert_ne!(mode, content);
+        std::fs::remove_file(src.join("l")).unwrap();
+        std::os::unix::fs::symlink("elsewhere", src.join("l")).unwrap();
+        assert_ne!(sum(d.path()), mode);
+    }
+
+    #[test]
+    fn sources_outside_the_context_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = d.path().join("ctx");
+        std::fs::create_dir(&ctx).unwrap();
+        std::fs::write(d.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink("../secret", ctx.join("rel")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("secret"), ctx.join("abs")).unwrap();
+        let fd = sys::open_root(&ctx).unwrap();
+        for p in [&b"rel"[..], b"abs", b"../secret"] {
+            let e = gather(fd.as_fd(), p, Resolve::Beneath, None).err();
+            assert_eq!(e.and_then(|e| e.raw_os_error()), Some(libc::EXDEV), "{p:?}");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Where steps write: a union of the stage's layers with a fresh upper, mounted in the
+//! builder's private mount namespace (COPY, ADD, WORKDIR write through it, so paths resolve
+//! in the image as they will in a container), a read-only union for `COPY --from`, and RUN as
+//! a `strata run` container over the same layers with its own upper. The upper is the layer.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::image::Store;
+use crate::image::store::Staging;
+use crate::mount::MountRequest;
+use crate::options::MountOptions;
+use crate::sys;
+
+use super::{Network, Result, io_err};
+
+/// A mounted union; unmounted (and its staging removed) when dropped.
+pub struct Workspace {
+    root: Option<OwnedFd>,
+    session: Option<fuser::BackgroundSession>,
+    /// The upper directory (the new layer), when writable.
+    pub upper: PathBuf,
+    _staging: Staging,
+}
+
+/// The builder's mounts must not appear on the host, and must go when it dies.
+pub fn private_mount_namespace() -> Result<()> {
+    sys::unshare(rustix::thread::UnshareFlags::NEWNS)
+        .map_err(io_err("creating a mount namespace for", "/"))?;
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::REC | rustix::mount::MountPropagationFlags::PRIVATE,
+    )
+    .map_err(|e| io_err("making mounts private at", "/")(e.into()))
+}
+
+/// `lowers` top first, or an empty layer when there are none (FROM scratch).
+fn lowers_or_empty(staging: &Staging, lowers: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if !lowers.is_empty() {
+        return Ok(lowers.to_vec());
+    }
+    let empty = staging.path.join("empty");
+    std::fs::create_dir(&empty).map_err(io_err("creating", &empty))?;
+    Ok(vec![empty])
+}
+
+impl Workspace {
+    pub fn mount(store: &Store, lowers: &[PathBuf], writable: bool) -> Result<Workspace> {
+        let staging = store.staging()?;
+        let mnt = staging.path.join("mnt");
+        let upper = staging.path.join("diff");
+        let work = staging.path.join("work");
+        for d in [&mnt, &upper, &work] {
+            std::fs::create_dir(d).map_err(io_err("creating", d))?;
+        }
+        let options = MountOptions {
+            lowers: lowers_or_empty(&staging, lowers)?,
+            upper: writable.then(|| upper.clone()),
+            work: writable.then(|| work.clone()),
+            suid: true,
+            dev: true,
+            ..MountOptions::default()
+        };
+        let session = crate::mount::spawn(&MountRequest {
+            options,
+            mountpoint: mnt.clone(),
+            foreground: true,
+            threads: 2,
+        })?;
+        let root = sys::open_root(&mnt).map_err(io_err("opening", &mnt))?;
+        Ok(Workspace {
+            root: Some(root),
+            session: Some(session),
+            upper,
+            _staging: staging,
+        })
+    }
+
+    /// The union's root: every path inside is resolved from it.
+    pub fn root(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.root.as_ref().map(|r| r.as_fd())
+    }
+
+    /// Unmounts (the upper stays, to be committed).
+    pub fn unmount(&mut self) {
+        self.root = None;
+        self.session = None;
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// One RUN: a container over the stage's layers.
+pub struct Container<'a> {
+    pub exe: &'a std::path::Path,
+    pub lowers: &'a [PathBuf],
+    pub argv: &'a [String],
+    pub env: &'a [String],
+    pub workdir: &'a str,
+    pub user: Option<(u32, u32)>,
+    pub network: Network,
+    pub quiet: bool,
+    /// On a terminal, each output line is prefixed with this (the step), as BuildKit does.
+    pub prefix: Option<String>,
+}
+
+/// Runs `cmd` with its stdout and stderr copied line by line to stderr, each line prefixed.
+fn prefixed(cmd: &mut Command, prefix: &str) -> std::io::Result<std::process::ExitStatus> {
+    use std::io::{BufRead, Write};
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let out: Vec<Box<dyn std::io::Read + Send>> = [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    std::thread::scope(|s| {
+        for r in out {
+            s.spawn(move || {
+                for line in BufRead::split(std::io::BufReader::new(r), b'\n')
+                    .map_while(std::result::Result::ok)
+                {
+                    let mut err = std::io::stderr().lock();
+                    let _ = err.write_all(format!("{prefix} ").as_bytes());
+                    let _ = err.write_all(&line);
+                    let _ = err.write_all(b"\n");
+                }
+            });
+        }
+        child.wait()
+    })
+}
+
+/// Runs the container with `strata run` (same namespaces, limits and root preparation as
+/// any container); returns its exit code and its upper directory (in `staging`).
+pub fn run_container(store: &Store, c: &Container<'_>) -> Result<(i32, PathBuf, Staging)> {
+    let staging = store.staging()?;
+    let dir = staging.path.join("c");
+    let lowers = lowers_or_empty(&staging, c.lowers)?;
+    let mut cmd = Command::new(c.exe);
+    cmd.arg("--root").arg(store.root()).arg("run");
+    for l in &lowers {
+        cmd.arg("--lower").arg(l);
+    }
+    cmd.arg("--upper").arg(&dir);
+    cmd.arg("--net").arg(match c.network {
+        Network::None => "none",
+        Network::Host => "host",
+    });
+    for e in c.env {
+        cmd.arg("-e").arg(e);
+    }
+    cmd.arg("-w").arg(c.workdir);
+    if let Some((u, g)) = c.user {
+        cmd.arg("--user").arg(format!("{u}:{g}"));
+    }
+    cmd.arg("--").args(c.argv.iter().map(OsString::from));
+    cmd.stdin(Stdio::null());
+    let status = match (&c.prefix, c.quiet) {
+        (_, true) => cmd.stdout(Stdio::null()).stderr(Stdio::null()).status(),
+        (Some(p), false) => prefixed(&mut cmd, p),
+        (None, false) => {
+            // The step's output goes to stderr: stdout carries only the image ID.
+            let dup = std::os::fd::AsFd::as_fd(&std::io::stderr())
+                .try_clone_to_owned()
+                .map_err(io_err("duplicating", "stderr"))?;
+            cmd.stdout(Stdio::from(dup)).status()
+        }
+    }
+    .map_err(io_err("running", c.exe))?;
+    let code = status
+        .code()
+        .or_else(|| std::os::unix::process::ExitStatusExt::signal(&status).map(|s| 128 + s))
+        .unwrap_or(125);
+    Ok((code, dir.join("diff"), staging))
+}
