@@ -27,6 +27,7 @@ declare -A by_command=(
   [python3]=python3          # benchmark fixture builder and report
   [bc]=bc
   [cc]=gcc                   # the linker cargo uses
+  [git]=git                  # tests: pipeline git substitutions ($COMMIT_SHA, $BRANCH_NAME, ...)
   [skopeo]=skopeo            # tests: exported OCI layouts read back
   [umoci]=umoci              # tests: exported OCI layouts unpacked
   [mkfs.xfs]=xfsprogs        # tests: the xfs layout (reflink copy-up; scripts/layouts.sh)

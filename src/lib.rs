@@ -7,6 +7,7 @@ pub mod launcher;
 pub mod mount;
 pub mod options;
 pub mod passwd;
+pub mod pipeline;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod union;

@@ -22,7 +22,6 @@ use common::*;
 use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-
 fn absent(p: &Path) -> bool {
     matches!(fs::symlink_metadata(p), Err(e) if e.kind() == ErrorKind::NotFound)
 }

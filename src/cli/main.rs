@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use strata::mount::{MountRequest, umount};
 
 mod image;
+mod pipeline;
 mod run;
 use strata::options::MountOptions;
 
@@ -45,6 +46,9 @@ enum Cmd {
     Commit(image::CommitArgs),
     /// Run a command in a container on a union of layers (or an image).
     Run(Box<run::RunArgs>),
+    /// Run or check a Cloud Build config (cloudbuild.yaml), every step a container.
+    #[command(subcommand)]
+    Pipeline(pipeline::PipelineCmd),
 }
 
 #[derive(clap::Args)]
@@ -93,6 +97,7 @@ fn normalise_args() -> Vec<OsString> {
         b"image",
         b"commit",
         b"run",
+        b"pipeline",
         b"--root",
         b"help",
         b"-h",
@@ -156,6 +161,7 @@ fn run() -> anyhow::Result<u8> {
         Cmd::Image(c) => image::image(cli.root, c)?,
         Cmd::Commit(a) => image::commit(cli.root, a)?,
         Cmd::Run(a) => return run::run(cli.root, *a),
+        Cmd::Pipeline(c) => return pipeline::pipeline(cli.root, c),
     }
     Ok(0)
 }
