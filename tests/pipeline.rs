@@ -665,3 +665,81 @@ fn course_example_build_and_push() {
     );
     env.assert_clean();
 }
+
+/// Ctrl-C (SIGINT to strata) stops every running step and exits 130; no container, mount or
+/// temporary layer is left.
+#[test]
+fn interrupt_stops_everything_cleanly() {
+    let Some(env) = Env::new() else { return };
+    let step = |id: &str| {
+        format!(
+            "- name: busybox\n  id: {id}\n  waitFor: ['-']\n  entrypoint: sh\n  args: ['-c', 'touch {id}.start; sleep 60; touch {id}.end']\n"
+        )
+    };
+    fs::write(
+        env.src.join("cloudbuild.yaml"),
+        format!("steps:\n{}{}", step("a"), step("b")),
+    )
+    .unwrap();
+    let dir = env.dir.path().join("run-int");
+    let mut child = env
+        .strata()
+        .args([
+            "pipeline",
+            "run",
+            "--keep-workspace",
+            "--grace",
+            "2",
+            "--jobs",
+            "2",
+            "--run-dir",
+        ])
+        .arg(&dir)
+        .arg(&env.src)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ws = dir.join("workspace");
+    let started = common::wait_until(std::time::Duration::from_secs(60), || {
+        ws.join("a.start").exists() && ws.join("b.start").exists()
+    });
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+    let ended = common::wait_until(std::time::Duration::from_secs(60), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(started, "the steps never started: {stdout}");
+    assert!(ended, "strata pipeline did not stop after SIGINT");
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    assert!(!ws.join("a.end").exists() && !ws.join("b.end").exists());
+    assert_eq!(stdout.matches("CANCELLED").count(), 2, "{stdout}");
+    env.assert_clean();
+}
+
+/// `docker run` in the docker builder is `strata run` (with `-e` and a `-v` of the
+/// workspace); a step image missing from the store fails the step, saying so.
+#[test]
+fn docker_builder_run_and_missing_image() {
+    let Some(env) = Env::new() else { return };
+    let config = "steps:\n- name: gcr.io/cloud-builders/docker\n  args: ['run', '--rm', '-e', 'X=from-docker-run', '-v', '/workspace:/out', 'busybox', 'sh', '-c', 'echo $$X > /out/dr']\n";
+    let r = env.run(config, &[]);
+    r.assert_ok();
+    assert_eq!(r.read("dr"), "from-docker-run\n");
+    let r = env.run("steps:\n- name: nosuch/image\n", &[]);
+    assert_eq!(r.code(), Some(1), "{}", r.stdout());
+    assert!(r.row(0).contains("FAILURE"), "{}", r.row(0));
+    if !has(&["pull"]) {
+        assert!(
+            r.stderr().contains("nosuch/image is not in the store"),
+            "{}",
+            r.stderr()
+        );
+    }
+    env.assert_clean();
+}

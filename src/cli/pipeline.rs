@@ -178,6 +178,9 @@ fn run(root: Option<PathBuf>, a: RunArgs) -> anyhow::Result<u8> {
     println!();
     print!("{}", pipeline::summary::render(&out.steps, &out.pushed));
     println!("logs: {}", out.run_dir.join("logs").display());
+    if let Some(e) = &out.cleanup_error {
+        eprintln!("strata: warning: the workspace was not removed: {e}");
+    }
     match &out.failure {
         Some(why) => {
             eprintln!("strata: pipeline failed: {why}");

@@ -51,6 +51,8 @@ pub struct Outcome {
     /// One line saying why the build failed.
     pub failure: Option<String>,
     pub run_dir: PathBuf,
+    /// Removing the workspace failed (the build's result stands).
+    pub cleanup_error: Option<String>,
 }
 
 /// Whether `strata SUB...` exists in this binary (`strata help SUB` is a clap error if not).
@@ -201,15 +203,18 @@ pub fn run(checked: &Checked, opts: &RunOptions, source: &Path) -> Result<Outcom
     };
     let steps = std::mem::take(&mut r.results);
     drop(r);
-    if !opts.keep_workspace {
-        rd.clean()?;
-    }
+    let cleanup_error = if opts.keep_workspace {
+        None
+    } else {
+        rd.clean().err().map(|e| e.to_string())
+    };
     Ok(Outcome {
         steps,
         pushed,
         exit,
         failure,
         run_dir: rd.root.clone(),
+        cleanup_error,
     })
 }
 
