@@ -162,26 +162,24 @@ impl Env {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
-    /// Runs `config` over the source dir, keeping the workspace for the checks.
-    fn run(&self, config: &str, extra: &[&str]) -> Run {
+    /// `strata pipeline run` of `config` over the source dir, keeping the workspace for the
+    /// checks, and the run directory it will use.
+    fn command(&self, config: &str, extra: &[&str]) -> (Command, PathBuf) {
         fs::write(self.src.join("cloudbuild.yaml"), config).unwrap();
         let n = fs::read_dir(self.dir.path()).unwrap().count();
         let dir = self.dir.path().join(format!("run{n}"));
-        let out = self
-            .strata()
-            .args([
-                "pipeline",
-                "run",
-                "--keep-workspace",
-                "--grace",
-                "2",
-                "--run-dir",
-            ])
+        let mut c = self.strata();
+        c.args(["pipeline", "run", "--keep-workspace", "--grace", "2"])
+            .arg("--run-dir")
             .arg(&dir)
             .args(extra)
-            .arg(&self.src)
-            .output()
-            .unwrap();
+            .arg(&self.src);
+        (c, dir)
+    }
+
+    fn run(&self, config: &str, extra: &[&str]) -> Run {
+        let (mut c, dir) = self.command(config, extra);
+        let out = c.output().unwrap();
         Run { out, dir }
     }
 
@@ -676,26 +674,9 @@ fn interrupt_stops_everything_cleanly() {
             "- name: busybox\n  id: {id}\n  waitFor: ['-']\n  entrypoint: sh\n  args: ['-c', 'touch {id}.start; sleep 60; touch {id}.end']\n"
         )
     };
-    fs::write(
-        env.src.join("cloudbuild.yaml"),
-        format!("steps:\n{}{}", step("a"), step("b")),
-    )
-    .unwrap();
-    let dir = env.dir.path().join("run-int");
-    let mut child = env
-        .strata()
-        .args([
-            "pipeline",
-            "run",
-            "--keep-workspace",
-            "--grace",
-            "2",
-            "--jobs",
-            "2",
-            "--run-dir",
-        ])
-        .arg(&dir)
-        .arg(&env.src)
+    let config = format!("steps:\n{}{}", step("a"), step("b"));
+    let (mut c, dir) = env.command(&config, &["--jobs", "2"]);
+    let mut child = c
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
