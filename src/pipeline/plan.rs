@@ -280,6 +280,86 @@ mod tests {
         assert_eq!(workdir("/workspacex"), ("/workspacex".into(), None));
     }
 
+    fn strs(c: &Cmd) -> Vec<String> {
+        match c {
+            Cmd::Strata(a) => a.iter().map(|s| s.to_string_lossy().into_owned()).collect(),
+            other => panic!("not a strata command: {other:?}"),
+        }
+    }
+
+    /// The command lines a docker-builder step becomes, with paths resolved in the workspace.
+    #[test]
+    fn docker_steps_become_strata_commands() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("src")).unwrap();
+        std::fs::create_dir(t.path().join("src/app")).unwrap();
+        std::fs::write(t.path().join("src/app/D"), "FROM alpine\n").unwrap();
+        let rd = RunDir::create(&t.path().join("run"), &t.path().join("src")).unwrap();
+        let map = RegistryMap::parse(&["gcr.io=127.0.0.1:5000".into()]).unwrap();
+        let values = BTreeMap::new();
+        let has = |_: &str| true;
+        let cx = Ctx {
+            rd: &rd,
+            global_env: &[],
+            global_volumes: &[],
+            values: &values,
+            automap: false,
+            map: &map,
+            no_push: false,
+            has: &has,
+        };
+        let step = |args: &[&str], dir: &str| Step {
+            name: "gcr.io/cloud-builders/docker".into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            dir: dir.into(),
+            ..Step::default()
+        };
+        let ws = rd.workspace.canonicalize().unwrap();
+        let build = plan(
+            &step(&["build", "-t", "gcr.io/p/q", "-f", "app/D", "."], ""),
+            0,
+            &cx,
+        )
+        .unwrap();
+        let want: Vec<String> = ["build", "-t", "gcr.io/p/q", "-f"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                ws.join("app/D").display().to_string(),
+                ws.display().to_string(),
+            ])
+            .collect();
+        assert_eq!(strs(&build[0]), want);
+        // The context is relative to the step's dir.
+        let b = plan(&step(&["build", "."], "app"), 0, &cx).unwrap();
+        assert_eq!(
+            strs(&b[0]).last().unwrap(),
+            &ws.join("app").display().to_string()
+        );
+        let push = plan(&step(&["push", "gcr.io/p/q"], ""), 0, &cx).unwrap();
+        assert_eq!(strs(&push[0]), ["push", "gcr.io/p/q", "127.0.0.1:5000/p/q"]);
+        let tag = plan(&step(&["tag", "a", "b"], ""), 0, &cx).unwrap();
+        assert_eq!(strs(&tag[0]), ["image", "tag", "a", "b"]);
+        // `..` stays inside the workspace, as it would inside a container root.
+        let up = plan(&step(&["build", "../.."], "app"), 0, &cx).unwrap();
+        assert_eq!(strs(&up[0]).last().unwrap(), &ws.display().to_string());
+        let e = plan(&step(&["build", "/etc"], ""), 0, &cx).unwrap_err();
+        assert!(e.to_string().contains("outside /workspace"), "{e}");
+        let no_push = Ctx {
+            no_push: true,
+            ..cx
+        };
+        let skipped = plan(&step(&["push", "x"], ""), 0, &no_push).unwrap();
+        assert!(matches!(&skipped[0], Cmd::Skip(n) if n.contains("--no-push")));
+        let missing = |s: &str| s != "build";
+        assert!(
+            precheck(&step(&["build", "."], ""), 0, false, &missing)
+                .unwrap_err()
+                .to_string()
+                .contains("needs `strata build`")
+        );
+    }
+
     #[test]
     fn env_merge_by_key() {
         let g = vec!["A=1".to_string(), "B=2".to_string()];
