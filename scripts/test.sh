@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, integration tests that mount strata and kernel overlayfs for
 # real (they need root and /dev/fuse, and print `SKIP ...` without them), property tests, and a
-# 20-second fuzz smoke run of each parser (-o options, layer tars) when cargo-fuzz is installed.
+# 20-second fuzz smoke run of each parser (-o options, layer tars, pipeline configs) when cargo-fuzz is installed.
 #
 #   scripts/test.sh          quick profile (the property tests' own default case counts)
 #   scripts/test.sh --long   long profile: PROPTEST_CASES=2000
@@ -76,8 +76,8 @@ done
 
 fuzz_status=0
 if command -v cargo-fuzz >/dev/null 2>&1; then
-  # The two parsers of outside input: mount options and image layer tars.
-  for target in mount_options unpack; do
+  # The parsers of outside input: mount options, image layer tars, pipeline configs.
+  for target in mount_options unpack pipeline_config; do
     banner "fuzz smoke: scripts/fuzz.sh $target 20"
     set +e
     scripts/fuzz.sh "$target" 20 > "$fuzz_log" 2>&1
