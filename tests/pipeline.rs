@@ -484,6 +484,10 @@ fn bad_configs_get_one_line_errors() {
             "steps:\n- name: a\nsubstitutions: {lower: x}\n",
             "\"lower\"",
         ),
+        (
+            "steps:\n- name: gcr.io/cloud-builders/docker\n  args: [login]\n",
+            "docker login is not supported",
+        ),
     ];
     for (config, want) in cases {
         let o = env.validate(config);

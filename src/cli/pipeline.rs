@@ -125,6 +125,11 @@ pub fn pipeline(root: Option<PathBuf>, cmd: PipelineCmd) -> anyhow::Result<u8> {
                 Some(dir.unwrap_or(Path::new("."))),
                 "validate",
             )?;
+            // Docker-builder commands strata cannot translate are config errors too.
+            for (i, step) in c.config.steps.iter().enumerate() {
+                pipeline::plan::precheck(step, i, true, &|_| true)
+                    .with_context(|| format!("{}", file.display()))?;
+            }
             println!(
                 "{}: valid ({} steps, {} images)",
                 file.display(),

@@ -234,7 +234,11 @@ fn plan_docker(step: &Step, i: usize, cx: &Ctx) -> Result<Vec<Cmd>, PipelineErro
             image,
             args,
         } => {
-            let mut a = os(["run", "--net", "host"]);
+            // Host networking as for every step, unless the command asks otherwise.
+            let mut a = os(["run"]);
+            if !options.iter().any(|o| o == "--net") {
+                a.extend(os(["--net", "host"]));
+            }
             for (src, dst, ro) in &volumes {
                 let host = host_path(cx, step, i, src)?;
                 a.extend(bind(Path::new(&host), dst, *ro));
