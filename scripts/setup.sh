@@ -28,6 +28,7 @@ declare -A by_command=(
   [python3]=python3          # benchmark fixture builder and report
   [bc]=bc
   [cc]=gcc                   # the linker cargo uses
+  [git]=git                  # tests: pipeline git substitutions ($COMMIT_SHA, $BRANCH_NAME, ...)
   [skopeo]=skopeo            # tests: exported OCI layouts read back; registry interop
   [docker-registry]=docker-registry  # tests: a real registry server (CNCF distribution 2.8)
   [htpasswd]=apache2-utils   # tests: bcrypt htpasswd for the registry's auth

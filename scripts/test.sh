@@ -2,7 +2,7 @@
 # The whole test suite: unit tests, integration tests that mount strata and kernel overlayfs for
 # real (they need root and /dev/fuse, and print `SKIP ...` without them), property tests, and a
 # 20-second fuzz smoke run of each parser (-o options, layer tars, image references, registry
-# manifests, Dockerfiles) when cargo-fuzz is installed.
+# manifests, Dockerfiles, pipeline configs) when cargo-fuzz is installed.
 #
 #   scripts/test.sh          quick profile (the property tests' own default case counts)
 #   scripts/test.sh --long   long profile: PROPTEST_CASES=2000
@@ -78,8 +78,8 @@ done
 fuzz_status=0
 if command -v cargo-fuzz >/dev/null 2>&1; then
   # The parsers of outside input: mount options, image layer tars, image references, registry
-  # manifests and Dockerfiles.
-  for target in mount_options unpack reference manifest dockerfile; do
+  # manifests, Dockerfiles and pipeline configs.
+  for target in mount_options unpack reference manifest dockerfile pipeline_config; do
     banner "fuzz smoke: scripts/fuzz.sh $target 20"
     set +e
     scripts/fuzz.sh "$target" 20 > "$fuzz_log" 2>&1

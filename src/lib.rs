@@ -8,6 +8,7 @@ pub mod launcher;
 pub mod mount;
 pub mod options;
 pub mod passwd;
+pub mod pipeline;
 pub mod registry;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -12,6 +12,7 @@ use strata::mount::{MountRequest, umount};
 mod build;
 mod image;
 mod registry;
+mod pipeline;
 mod run;
 use strata::options::MountOptions;
 
@@ -57,6 +58,9 @@ enum Cmd {
     Logout(registry::LogoutArgs),
     /// Build an image from a Dockerfile.
     Build(Box<build::BuildArgs>),
+    /// Run or check a Cloud Build config (cloudbuild.yaml), every step a container.
+    #[command(subcommand)]
+    Pipeline(pipeline::PipelineCmd),
 }
 
 #[derive(clap::Args)]
@@ -110,6 +114,7 @@ fn normalise_args() -> Vec<OsString> {
         b"login",
         b"logout",
         b"build",
+        b"pipeline",
         b"--root",
         b"help",
         b"-h",
@@ -178,6 +183,7 @@ fn run() -> anyhow::Result<u8> {
         Cmd::Login(a) => registry::login_cmd(a)?,
         Cmd::Logout(a) => registry::logout_cmd(a)?,
         Cmd::Build(a) => return build::build(cli.root, *a),
+        Cmd::Pipeline(c) => return pipeline::pipeline(cli.root, c),
     }
     Ok(0)
 }
