@@ -11,8 +11,8 @@ use strata::mount::{MountRequest, umount};
 
 mod build;
 mod image;
-mod registry;
 mod pipeline;
+mod registry;
 mod run;
 use strata::options::MountOptions;
 
