@@ -136,13 +136,12 @@ fn walk_50k_directories_rootless_default_soft_limit() {
     }
     let fx = Fixture::new(1);
     big_tree(&fx.layers[0]);
-    for d in ["u", "w", "m"] {
-        fx.path(d);
-    }
+    // The upper, workdir and mount point sit on the upper side (maybe another filesystem).
+    let [u, w, m] = ["u", "w", "m"].map(|d| fx.path(d));
     fs::copy(STRATA, fx.dir.path().join("strata")).unwrap();
     let st = Command::new("chown")
         .args(["-R", "65534:65534"])
-        .arg(fx.dir.path())
+        .args(fx.roots())
         .status()
         .unwrap();
     assert!(st.success());
@@ -152,14 +151,14 @@ fn walk_50k_directories_rootless_default_soft_limit() {
     fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
     // A distribution's default soft limit, whatever this test runner has; the hard one stays.
     let script = "ulimit -Sn 1024
-        ./strata -f -o lowerdir=l0,upperdir=u,workdir=w m 2> log &
+        ./strata -f -o lowerdir=l0,upperdir=$U,workdir=$W $M 2> log &
         pid=$!
-        i=0; until grep -q \" $PWD/m \" /proc/self/mountinfo; do
+        i=0; until grep -q \" $M \" /proc/self/mountinfo; do
           i=$((i + 1)); [ $i -lt 500 ] || { cat log; exit 1; }; sleep 0.02; done
-        find m -type d | wc -l
-        find m -type f | wc -l
+        find $M -type d | wc -l
+        find $M -type f | wc -l
         ls /proc/$pid/fd | wc -l
-        ./strata umount m
+        ./strata umount $M
         wait $pid";
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -173,6 +172,9 @@ fn walk_50k_directories_rootless_default_soft_limit() {
             script,
         ])
         .current_dir(fx.dir.path())
+        .env("U", &u)
+        .env("W", &w)
+        .env("M", &m)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
