@@ -527,8 +527,11 @@ fn course_source(env: &Env) {
     fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 }
 
-/// Section 4: the test step runs the image just built and fails with the script's status;
-/// nothing is pushed. Without `strata build` the run stops at once, saying so.
+/// Section 4, unchanged: the test step runs the image just built with `args: ['fail']`, the
+/// build fails and nothing is pushed. The lab's image has CMD and no ENTRYPOINT, and Cloud
+/// Build's rule is that without an entrypoint `args[0]` is the command (docker's: args replace
+/// CMD), so the step runs `fail`, which the image does not have: exit 127, as
+/// Cloud Build's own "executable file not found". Without `strata build` the run stops at once.
 #[test]
 fn course_example_failing_test_step() {
     let Some(env) = Env::new() else { return };
@@ -544,10 +547,30 @@ fn course_example_failing_test_step() {
             "strata build / strata push are not available yet (checked the clear error instead)",
         );
     }
-    assert_eq!(r.code(), Some(1), "{}\n{}", r.stdout(), r.stderr());
+    assert_failed_test_step(&env, &r, 127);
+    assert!(
+        r.stdout().contains("fail: command not found"),
+        "{}",
+        r.stdout()
+    );
+    // The same config with the script as the image's ENTRYPOINT: `fail` reaches the script,
+    // and the build fails with the script's own status.
+    fs::write(
+        env.src.join("Dockerfile"),
+        "FROM alpine\nCOPY quickstart.sh /\nENTRYPOINT [\"/quickstart.sh\"]\n",
+    )
+    .unwrap();
+    let r = env.run(config, &["--registry-map", "gcr.io=127.0.0.1:9"]);
+    assert_failed_test_step(&env, &r, 1);
+}
+
+/// Step #0 built, step #1 failed with `code`, the pipeline exits with it, nothing was pushed
+/// and nothing is left behind.
+fn assert_failed_test_step(env: &Env, r: &Run, code: i32) {
+    assert_eq!(r.code(), Some(code), "{}\n{}", r.stdout(), r.stderr());
     assert!(r.row(0).contains("SUCCESS"), "{}", r.row(0));
     assert!(
-        r.row(1).contains("FAILURE") && r.row(1).contains(" 1 "),
+        r.row(1).contains("FAILURE") && r.row(1).contains(&format!(" {code} ")),
         "{}",
         r.row(1)
     );
