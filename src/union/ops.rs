@@ -602,6 +602,10 @@ impl Union {
         }
         let key = stored_xattr_name(key);
         let node = self.node(id)?;
+        // As the kernel does: removing an xattr a lower file lacks is ENODATA, not a copy-up.
+        if !Self::in_upper(&node.state().place) {
+            self.xattr_target(id, |dir, name| sys::get_xattr(dir, name, &key, &mut []))?;
+        }
         self.copy_up(&node)?;
         self.xattr_target(id, |dir, name| sys::remove_xattr(dir, name, &key))
     }
