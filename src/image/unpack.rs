@@ -21,8 +21,8 @@ use tar::EntryType;
 
 use super::error::{ImageError, Result};
 use super::fsutil::{open_beneath, remove_tree};
+use crate::format::{self, stored_xattr_name};
 use crate::sys::{self, SetTime};
-use crate::union::stored_xattr_name;
 
 /// What the unpacker may do beyond plain files.
 #[derive(Clone, Copy, Debug)]
@@ -266,11 +266,11 @@ impl Unpacker<'_> {
         let parent = parent_owned.as_fd();
         let fname = OsStr::from_bytes(name);
         let is_dir = kind == EntryType::Directory;
-        let replaced = !is_dir || name.starts_with(b".wh.");
+        let replaced = !is_dir || format::is_format_name(name);
         let existed_dir = self
             .clear(parent, fname, !replaced)
             .map_err(self.entry_err("replacing", &raw))?;
-        if name.starts_with(b".wh.") {
+        if format::is_format_name(name) {
             // An OCI whiteout or opaque marker: kept as an empty file, whatever its type.
             create_file(parent, fname, 0o644).map_err(self.entry_err("creating whiteout", &raw))?;
             return Ok(());
@@ -327,9 +327,8 @@ impl Unpacker<'_> {
                 let rdev = rustix::fs::makedev(dev_major, dev_minor);
                 if kind == EntryType::Char && rdev == 0 && !privileged {
                     // A kernel-format whiteout: the OCI form needs no mknod.
-                    let mut wh = b".wh.".to_vec();
-                    wh.extend_from_slice(name);
-                    let whn = OsStr::from_bytes(&wh);
+                    let wh = format::whiteout_name(fname);
+                    let whn = wh.as_os_str();
                     self.clear(parent, whn, false)
                         .map_err(self.entry_err("replacing", &raw))?;
                     create_file(parent, whn, 0o644)

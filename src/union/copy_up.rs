@@ -10,8 +10,9 @@ use std::sync::atomic::Ordering;
 
 use super::dircache::{Dir, DirFd};
 use super::inode::{LowerData, Node, NodeState, Place};
-use super::layer::{DirCopy, is_internal_xattr};
+use super::layer::DirCopy;
 use super::{Union, err};
+use crate::format::{self, is_internal_xattr};
 use crate::sys::{self, RenameMode, SetTime, Stat};
 
 impl Union {
@@ -271,7 +272,7 @@ impl Union {
     /// whiteout).
     pub(super) fn name_in_upper(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
         match sys::stat_at(pdir, name) {
-            Ok(st) => Ok(!(st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0)),
+            Ok(st) => Ok(!format::is_chardev_whiteout(&st)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(e),
         }

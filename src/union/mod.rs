@@ -24,8 +24,6 @@ use dashmap::DashMap;
 
 pub use dircache::{SIZE_ENV as DIR_FDS_ENV, Stats as DirFdStats, size_for_limit};
 pub use inode::{Node, ROOT_ID, table};
-pub use layer::{is_internal_xattr, shown_xattr_name, stored_xattr_name};
-pub use lookup::METACOPY_XATTRS;
 pub use ops::{Caller, SetAttr};
 pub use readdir::Entry;
 pub use rustix::fs::FileType;
@@ -35,6 +33,7 @@ use dircache::{Dir, DirCache};
 use inode::{InoMap, NodeState, NodeTable, Place};
 use layer::{DirCopy, Layer};
 
+use crate::format::{shown_xattr_name, stored_xattr_name};
 use crate::sys::{self, Stat, StatVfs};
 
 fn err(code: i32) -> io::Error {

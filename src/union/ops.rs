@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 
 use super::dircache::Dir;
 use super::inode::{Node, Place};
-use super::layer::{WH_PREFIX, stored_xattr_name};
 use super::{Union, err, lookup};
+use crate::format::{self, stored_xattr_name};
 use crate::sys::{self, RenameMode, SetTime, Stat};
 
 /// Who is asking: new entries belong to the caller.
@@ -44,19 +44,11 @@ enum Hole {
     OciWhiteout,
 }
 
-fn oci_name(name: &OsStr) -> OsString {
-    let mut v = WH_PREFIX.to_vec();
-    v.extend_from_slice(name.as_bytes());
-    OsString::from_vec(v)
-}
-
-use std::os::unix::ffi::OsStringExt;
-
 impl Union {
     fn check_name(name: &OsStr) -> io::Result<()> {
         // `.wh.` names are whiteouts in the layer format: a user file by that name would
         // silently hide another.
-        if name.as_bytes().starts_with(WH_PREFIX) {
+        if format::is_format_name(name.as_bytes()) {
             return Err(err(libc::EINVAL));
         }
         Ok(())
@@ -64,12 +56,10 @@ impl Union {
 
     fn hole_at(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Hole> {
         match sys::stat_at(pdir, name) {
-            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0 => {
-                Ok(Hole::Whiteout)
-            }
+            Ok(st) if format::is_chardev_whiteout(&st) => Ok(Hole::Whiteout),
             Ok(_) => Err(err(libc::EEXIST)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                if sys::exists_at(pdir, &oci_name(name))? {
+                if sys::exists_at(pdir, &format::whiteout_name(name))? {
                     Ok(Hole::OciWhiteout)
                 } else {
                     Ok(Hole::Empty)
@@ -164,7 +154,7 @@ impl Union {
             return Err(e);
         }
         if hole == Hole::OciWhiteout {
-            sys::unlink_at(pdir, &oci_name(name), false)?;
+            sys::unlink_at(pdir, &format::whiteout_name(name), false)?;
         }
         self.lookup(parent.id, name)
     }
@@ -330,7 +320,7 @@ impl Union {
                     return Err(e);
                 }
                 if hole == Hole::OciWhiteout {
-                    sys::unlink_at(pdir.as_fd(), &oci_name(newname), false)?;
+                    sys::unlink_at(pdir.as_fd(), &format::whiteout_name(newname), false)?;
                 }
             }
         }
@@ -346,7 +336,7 @@ impl Union {
                 r => return r,
             }
         }
-        sys::create_file_at(pdir, &oci_name(name), 0o600, libc::O_WRONLY).map(drop)
+        sys::create_file_at(pdir, &format::whiteout_name(name), 0o600, libc::O_WRONLY).map(drop)
     }
 
     /// Removes `name` (a file, or with `dir` an empty directory) from the merged view.
@@ -718,7 +708,7 @@ impl Union {
             }
             self.mark_impure(npd);
             if target_hole == Hole::OciWhiteout {
-                sys::unlink_at(npd, &oci_name(newname), false)?;
+                sys::unlink_at(npd, &format::whiteout_name(newname), false)?;
             }
             // The replaced file is gone only if that was its last name.
             if let Some(t) = &target
