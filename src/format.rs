@@ -87,20 +87,49 @@ pub fn may_be_whiteout(st: &Stat) -> bool {
 }
 
 /// The union's own overlay xattr names, in the one namespace a mount writes (`trusted.` with
-/// CAP_SYS_ADMIN, else `user.`, as the kernel's `userxattr`).
-#[derive(Clone, Copy, Debug)]
+/// CAP_SYS_ADMIN, else `user.`, as the kernel's `userxattr`), built once.
+#[derive(Clone, Debug)]
 pub struct OverlayXattrs {
     prefix: &'static [u8],
+    /// `opaque`: "y" on a directory hiding its lower copies.
+    pub opaque: Vec<u8>,
+    /// `redirect`: where a renamed directory's lower copies live.
+    pub redirect: Vec<u8>,
+    /// `metacopy`: an upper file whose data is still below.
+    pub metacopy: Vec<u8>,
+    /// `origin`: the lower file a copy came from (`struct ovl_fb`).
+    pub origin: Vec<u8>,
+    /// `impure`: an upper directory holding entries with recorded inode numbers.
+    pub impure: Vec<u8>,
+    /// `nlink`: the kernel's merged link count of an indexed file ("U+n").
+    pub nlink: Vec<u8>,
+    /// `strata.ino`: the stable inode number a copied-up object keeps (its origin's).
+    pub ino: Vec<u8>,
+    /// `strata.nlink`: an indexed file's lower names not (yet) in the upper.
+    pub lower_rest: Vec<u8>,
+    /// `strata.links`: how many of an indexed file's links are index entries.
+    pub index_links: Vec<u8>,
 }
 
 impl OverlayXattrs {
     pub fn new(trusted: bool) -> Self {
+        let prefix = PREFIXES[usize::from(!trusted)];
+        let name = |what: &[u8]| [prefix, what].concat();
         OverlayXattrs {
-            prefix: PREFIXES[usize::from(!trusted)],
+            prefix,
+            opaque: name(b"opaque"),
+            redirect: name(b"redirect"),
+            metacopy: name(b"metacopy"),
+            origin: name(b"origin"),
+            impure: name(b"impure"),
+            nlink: name(b"nlink"),
+            ino: name(b"strata.ino"),
+            lower_rest: name(b"strata.nlink"),
+            index_links: name(b"strata.links"),
         }
     }
 
-    /// `<prefix>overlay.<what>`, e.g. `trusted.overlay.opaque`.
+    /// `<prefix><what>`, e.g. `trusted.overlay.` + `opaque`.
     pub fn name(&self, what: &[u8]) -> Vec<u8> {
         [self.prefix, what].concat()
     }

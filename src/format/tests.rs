@@ -30,10 +30,16 @@ fn names() {
         OverlayXattrs::new(true).name(b"opaque"),
         b"trusted.overlay.opaque"
     );
-    assert_eq!(
-        OverlayXattrs::new(false).name(b"impure"),
-        b"user.overlay.impure"
-    );
+    assert_eq!(OverlayXattrs::new(false).impure, b"user.overlay.impure");
+    assert_eq!(OverlayXattrs::new(true).ino, b"trusted.overlay.strata.ino");
+    // What the classifier reads includes what the union writes, in either namespace.
+    for trusted in [true, false] {
+        let x = OverlayXattrs::new(trusted);
+        assert!(OPAQUE_XATTRS.contains(&x.opaque.as_slice()));
+        assert!(REDIRECT_XATTRS.contains(&x.redirect.as_slice()));
+        assert!(METACOPY_XATTRS.contains(&x.metacopy.as_slice()));
+        assert!(is_internal_xattr(&x.ino) && is_internal_xattr(&x.lower_rest));
+    }
     assert_eq!(REDIRECT_XATTRS[1], b"user.overlay.redirect");
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use super::dircache::Dir;
 use super::inode::{Node, Place};
-use super::{Union, err, lookup};
+use super::{Held, Union, err, lookup};
 use crate::format::{self, stored_xattr_name};
 use crate::sys::{self, RenameMode, SetTime, Stat};
 
@@ -32,6 +32,16 @@ pub struct SetAttr {
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
     pub fh: Option<u64>,
+}
+
+/// What a rename does, decided before anything changes.
+enum RenamePlan<'a> {
+    /// Source and target are the same file.
+    Nothing,
+    /// `RENAME_EXCHANGE` with this target.
+    Exchange(Held<'a>),
+    /// The source moves to the new name, replacing this target if there is one.
+    Move(Option<Held<'a>>),
 }
 
 /// What the upper layer holds at a name that is absent from the merged view.
@@ -130,7 +140,7 @@ impl Union {
             }
             // A directory that replaces a deleted one must not show what the old one held.
             if is_dir && hole != Hole::Empty {
-                sys::set_xattr(work, &tmp, &self.xattr(b"opaque"), b"y", 0)?;
+                sys::set_xattr(work, &tmp, &self.xattrs.opaque, b"y", 0)?;
             }
             self.avoid_reused_ino(work, &tmp)
         })();
@@ -182,7 +192,7 @@ impl Union {
         sys::chown_fd(fd.as_fd(), Some(who.uid), Some(gid))?;
         sys::chmod_fd(fd.as_fd(), mode & 0o7777)?;
         if let Some(fresh) = self.fresh_ino(&sys::stat_fd(fd.as_fd())?) {
-            sys::set_xattr_fd(fd.as_fd(), &self.ino_xattr, &fresh.to_le_bytes())?;
+            sys::set_xattr_fd(fd.as_fd(), &self.xattrs.ino, &fresh.to_le_bytes())?;
             self.mark_impure(pdir);
         }
         sys::link_tmpfile(fd.as_fd(), pdir, name)
@@ -206,18 +216,11 @@ impl Union {
         let Some(fresh) = self.fresh_ino(&sys::stat_at(work, tmp)?) else {
             return Ok(false);
         };
-        match sys::set_xattr(work, tmp, &self.ino_xattr, &fresh.to_le_bytes(), 0) {
+        match sys::set_xattr(work, tmp, &self.xattrs.ino, &fresh.to_le_bytes(), 0) {
             // user.* xattrs are refused on symlinks (rootless): nothing better to do.
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(false),
             r => r.map(|()| true),
         }
-    }
-
-    /// The union's own xattr name `overlay.<what>` in the namespace this mount writes.
-    pub(super) fn xattr(&self, what: &[u8]) -> Vec<u8> {
-        let mut v = self.xattr_prefix.to_vec();
-        v.extend_from_slice(what);
-        v
     }
 
     pub fn mkdir(
@@ -342,10 +345,8 @@ impl Union {
     /// Removes `name` (a file, or with `dir` an empty directory) from the merged view.
     fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> io::Result<()> {
         let p = self.node(parent)?;
-        let (node, _) = self.lookup(parent, name)?;
-        let r = self.remove_node(&p, &node, name, dir);
-        self.forget(node.id, 1);
-        r
+        let node = self.lookup_held(parent, name)?;
+        self.remove_node(&p, &node, name, dir)
     }
 
     fn remove_node(
@@ -468,8 +469,8 @@ impl Union {
             return Ok(());
         }
         // An indexed file is always reachable through its index entry.
-        if let Some(index) = &self.index {
-            let entry = super::index_name(node.ino);
+        if let Some(index) = self.index.dir() {
+            let entry = super::link_index::LinkIndex::entry_name(node.ino);
             if sys::exists_at(index.fd()?.as_fd(), &entry)? {
                 node.state_mut().place = Place::Leaf {
                     layer: 0,
@@ -527,12 +528,10 @@ impl Union {
             }
         }
         if let Some(size) = a.size {
-            match a
-                .fh
-                .and_then(|fh| self.files.get(&fh).map(|f| f.value().clone()))
-            {
-                Some(f) => sys::truncate(&f.1, size)?,
-                None => sys::truncate(&sys::open_file_at(dir, &name, libc::O_WRONLY)?, size)?,
+            match a.fh.map(|fh| self.handles.find(id, fh)).transpose() {
+                Ok(Some(f)) => sys::truncate(&f.file, size)?,
+                Ok(None) => sys::truncate(&sys::open_file_at(dir, &name, libc::O_WRONLY)?, size)?,
+                Err(e) => return Err(e),
             }
         }
         if a.atime.is_some() || a.mtime.is_some() {
@@ -600,8 +599,9 @@ impl Union {
         self.xattr_target(id, |dir, name| sys::remove_xattr(dir, name, &key))
     }
 
-    /// rename(2) with flags. Directories that exist in a lower layer are not supported yet
-    /// (EXDEV: callers such as mv fall back to copy and delete).
+    /// rename(2) with flags. A directory with lower copies moves with a redirect (the
+    /// kernel's `redirect_dir`), unless the mount says `redirect_dir=off` (EXDEV: callers such
+    /// as mv fall back to copy and delete).
     pub fn rename(
         &self,
         parent: u64,
@@ -613,118 +613,138 @@ impl Union {
         Self::check_name(newname)?;
         let p = self.node(parent)?;
         let np = self.node(newparent)?;
-        let (src, _) = self.lookup(parent, name)?;
-        let r = self.rename_node(&p, &src, name, &np, newname, mode);
-        self.forget(src.id, 1);
-        r
+        let src = self.lookup_held(parent, name)?;
+        match self.plan_rename(&src, &np, newname, mode)? {
+            RenamePlan::Nothing => Ok(()),
+            RenamePlan::Exchange(t) => self.exchange(&p, &src, name, &np, &t, newname),
+            RenamePlan::Move(t) => self.apply_move(&p, &src, name, &np, newname, t.as_deref()),
+        }
     }
 
-    fn rename_node(
+    /// Decides what a rename does, before anything changes: every refusal is here.
+    fn plan_rename(
+        &self,
+        src: &Arc<Node>,
+        np: &Arc<Node>,
+        newname: &OsStr,
+        mode: RenameMode,
+    ) -> io::Result<RenamePlan<'_>> {
+        let target = match self.lookup_held(np.id, newname) {
+            Ok(t) => Some(t),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+            Err(e) => return Err(e),
+        };
+        let exchanged = target.as_ref().filter(|_| mode == RenameMode::Exchange);
+        if self.pinned_dir(src) || exchanged.is_some_and(|t| self.pinned_dir(t)) {
+            return Err(err(libc::EXDEV));
+        }
+        let Some(t) = target else {
+            return match mode {
+                RenameMode::Exchange => Err(err(libc::ENOENT)),
+                _ => Ok(RenamePlan::Move(None)),
+            };
+        };
+        if Arc::ptr_eq(&t, src) {
+            return Ok(RenamePlan::Nothing);
+        }
+        match mode {
+            RenameMode::NoReplace => Err(err(libc::EEXIST)),
+            RenameMode::Exchange => Ok(RenamePlan::Exchange(t)),
+            _ if t.is_dir && !src.is_dir => Err(err(libc::EISDIR)),
+            _ if !t.is_dir && src.is_dir => Err(err(libc::ENOTDIR)),
+            _ => Ok(RenamePlan::Move(Some(t))),
+        }
+    }
+
+    /// Moves `src` from `name` in `p` to `newname` in `np`, replacing `target`: the upper
+    /// copies are made, the replaced entry dealt with, then one rename in the upper layer.
+    fn apply_move(
         &self,
         p: &Arc<Node>,
         src: &Arc<Node>,
         name: &OsStr,
         np: &Arc<Node>,
         newname: &OsStr,
-        mode: RenameMode,
+        target: Option<&Arc<Node>>,
     ) -> io::Result<()> {
-        let target = match self.lookup(np.id, newname) {
-            Ok((t, _)) => Some(t),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
-            Err(e) => return Err(e),
-        };
-        let r = (|| {
-            let exchanged = target.as_ref().filter(|_| mode == RenameMode::Exchange);
-            if self.pinned_dir(src) || exchanged.is_some_and(|t| self.pinned_dir(t)) {
-                return Err(err(libc::EXDEV));
-            }
-            if let Some(t) = &target {
-                if Arc::ptr_eq(t, src) {
-                    return Ok(());
-                }
-                if mode == RenameMode::NoReplace {
-                    return Err(err(libc::EEXIST));
-                }
-                if mode == RenameMode::Exchange {
-                    return self.exchange(p, src, name, np, t, newname);
-                }
-                if t.is_dir && !src.is_dir {
-                    return Err(err(libc::EISDIR));
-                }
-                if !t.is_dir && src.is_dir {
-                    return Err(err(libc::ENOTDIR));
-                }
-                if t.is_dir {
-                    // Replacing a directory: it must be empty, and is removed first.
-                    self.remove_node(np, t, newname, true)?;
-                }
-            } else if mode == RenameMode::Exchange {
-                return Err(err(libc::ENOENT));
-            }
-            self.copy_up(src)?;
-            let pdir = self.upper_dir(p)?;
-            let npdir = self.upper_dir(np)?;
-            let (pfd, npfd) = (pdir.fd()?, npdir.fd()?);
-            let below = self.lower_has(p, name)?;
-            if src.is_dir {
-                self.prepare_dir_move(p, src, name, np, newname)?;
-            } else if !self.name_in_upper(pfd.as_fd(), name)? {
-                self.link_name_up(src, pfd.as_fd(), name)?;
-            }
-            if let Some(t) = &target
-                && !t.is_dir
-            {
-                if self.name_in_upper(npfd.as_fd(), newname)? {
-                    // The replaced file may live on under other names or open handles.
-                    self.keep_reachable(t, &npdir, npfd.as_fd(), newname)?;
-                } else {
-                    self.forget_lower_name(t)?;
-                }
-            }
-            let target_hole = match &target {
-                Some(t) if !t.is_dir && Self::in_upper(&t.state().place) => Hole::Empty,
-                _ => self.hole_at(npfd.as_fd(), newname).unwrap_or(Hole::Empty),
-            };
-            // A directory's fd stays open across the move: nothing needs its old path then.
-            let _held = upper_fd(src)?;
-            let (pd, npd) = (pfd.as_fd(), npfd.as_fd());
-            if src.is_dir && target_hole == Hole::Whiteout {
-                // A directory cannot replace a device: swap them, which leaves the whiteout
-                // at the old name, where it is needed if a lower copy stays behind.
-                sys::rename_at(pd, name, npd, newname, RenameMode::Exchange)?;
-                if !below {
-                    sys::unlink_at(pd, name, false)?;
-                }
-            } else {
-                let how = if below && self.chardev_whiteouts {
-                    RenameMode::Whiteout
-                } else {
-                    RenameMode::Replace
-                };
-                sys::rename_at(pd, name, npd, newname, how)?;
-                if below && !self.chardev_whiteouts {
-                    self.whiteout(pd, name)?;
-                }
-            }
-            self.mark_impure(npd);
-            if target_hole == Hole::OciWhiteout {
-                sys::unlink_at(npd, &format::whiteout_name(newname), false)?;
-            }
-            // The replaced file is gone only if that was its last name.
-            if let Some(t) = &target
-                && !t.is_dir
-                && Self::in_upper(&t.state().place)
-                && self.getattr(t.id).map_or(true, |st| st.st_nlink == 0)
-            {
-                t.unlinked.store(true, Ordering::Relaxed);
-            }
-            moved(src, np, newname, &pdir, &npdir);
-            Ok(())
-        })();
-        if let Some(t) = target {
-            self.forget(t.id, 1);
+        if let Some(t) = target.filter(|t| t.is_dir) {
+            // Replacing a directory: it must be empty, and is removed first.
+            self.remove_node(np, t, newname, true)?;
         }
-        r
+        self.copy_up(src)?;
+        let pdir = self.upper_dir(p)?;
+        let npdir = self.upper_dir(np)?;
+        let (pfd, npfd) = (pdir.fd()?, npdir.fd()?);
+        let below = self.lower_has(p, name)?;
+        if src.is_dir {
+            self.prepare_dir_move(p, src, name, np, newname)?;
+        } else if !self.name_in_upper(pfd.as_fd(), name)? {
+            self.link_name_up(src, pfd.as_fd(), name)?;
+        }
+        let file_target = target.filter(|t| !t.is_dir);
+        if let Some(t) = file_target {
+            if self.name_in_upper(npfd.as_fd(), newname)? {
+                // The replaced file may live on under other names or open handles.
+                self.keep_reachable(t, &npdir, npfd.as_fd(), newname)?;
+            } else {
+                self.forget_lower_name(t)?;
+            }
+        }
+        let target_hole = match file_target {
+            Some(t) if Self::in_upper(&t.state().place) => Hole::Empty,
+            _ => self.hole_at(npfd.as_fd(), newname).unwrap_or(Hole::Empty),
+        };
+        // A directory's fd stays open across the move: nothing needs its old path then.
+        let _held = upper_fd(src)?;
+        let (pd, npd) = (pfd.as_fd(), npfd.as_fd());
+        self.rename_in_upper(pd, name, npd, newname, src.is_dir, below, target_hole)?;
+        // The replaced file is gone only if that was its last name.
+        if let Some(t) = file_target
+            && Self::in_upper(&t.state().place)
+            && self.getattr(t.id).map_or(true, |st| st.st_nlink == 0)
+        {
+            t.unlinked.store(true, Ordering::Relaxed);
+        }
+        moved(src, np, newname, &pdir, &npdir);
+        Ok(())
+    }
+
+    /// The rename itself, in the upper layer, leaving a whiteout at the old name when a lower
+    /// copy (`below`) must stay hidden, and clearing what stood at the new one.
+    #[allow(clippy::too_many_arguments)]
+    fn rename_in_upper(
+        &self,
+        pd: BorrowedFd<'_>,
+        name: &OsStr,
+        npd: BorrowedFd<'_>,
+        newname: &OsStr,
+        is_dir: bool,
+        below: bool,
+        target_hole: Hole,
+    ) -> io::Result<()> {
+        if is_dir && target_hole == Hole::Whiteout {
+            // A directory cannot replace a device: swap them, which leaves the whiteout
+            // at the old name, where it is needed if a lower copy stays behind.
+            sys::rename_at(pd, name, npd, newname, RenameMode::Exchange)?;
+            if !below {
+                sys::unlink_at(pd, name, false)?;
+            }
+        } else {
+            let how = if below && self.chardev_whiteouts {
+                RenameMode::Whiteout
+            } else {
+                RenameMode::Replace
+            };
+            sys::rename_at(pd, name, npd, newname, how)?;
+            if below && !self.chardev_whiteouts {
+                self.whiteout(pd, name)?;
+            }
+        }
+        self.mark_impure(npd);
+        if target_hole == Hole::OciWhiteout {
+            sys::unlink_at(npd, &format::whiteout_name(newname), false)?;
+        }
+        Ok(())
     }
 
     /// Before a directory moves in the upper layer: if it has lower copies, record where they
@@ -743,7 +763,7 @@ impl Union {
             Place::Leaf { .. } => return Err(err(libc::ENOTDIR)),
         };
         let here = OsStr::new("");
-        let key = self.xattr(b"redirect");
+        let key = &self.xattrs.redirect;
         if has_lower {
             // As the kernel: a redirect already on the upper copy stays if it still holds
             // (same parent, or absolute); else the old name, or the absolute path. Redirects
@@ -755,11 +775,11 @@ impl Union {
                 _ if samedir => name.as_bytes().to_vec(),
                 _ => self.absolute_redirect(src)?,
             };
-            sys::set_xattr(upper.as_fd(), here, &key, &redirect, 0)?;
+            sys::set_xattr(upper.as_fd(), here, key, &redirect, 0)?;
             src.state_mut().redirect = Some(redirect);
             Ok(())
         } else if self.lower_has(np, newname)? {
-            sys::set_xattr(upper.as_fd(), here, &self.xattr(b"opaque"), b"y", 0)
+            sys::set_xattr(upper.as_fd(), here, &self.xattrs.opaque, b"y", 0)
         } else {
             Ok(())
         }
@@ -828,10 +848,7 @@ impl Union {
     }
 
     pub(super) fn file(&self, fh: u64) -> io::Result<Arc<File>> {
-        self.files
-            .get(&fh)
-            .map(|f| f.1.clone())
-            .ok_or_else(|| err(libc::EBADF))
+        self.handles.file(fh).map(|f| f.file)
     }
 }
 
