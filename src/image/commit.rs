@@ -25,7 +25,7 @@ use super::layer::{self, LayerJob};
 use super::merged::Merged;
 use super::oci::{self, Descriptor};
 use super::progress;
-use super::store::{ImageRecord, Staging, Store, StoreLock};
+use super::store::{Staging, Store, StoreLock, StoredImage};
 use super::unpack::UnpackOptions;
 use crate::format::{self, Class, Opaque, Whiteout, shown_xattr_name};
 use crate::sys::{self, Stat};
@@ -496,30 +496,7 @@ pub fn commit(
     let new = write_layer(store, upper, &lowers, &img.diff_ids, None)?;
     let (diff_id, digest, size) = (new.diff_id.clone(), new.digest.clone(), new.size);
 
-    // The new config: the base's, with one more diff_id and history entry.
-    let mut config: serde_json::Value = oci::parse(&img.config_bytes, "base image config")?;
-    let now = oci::now_rfc3339();
-    let obj = config
-        .as_object_mut()
-        .ok_or_else(|| invalid("base image config", "not a JSON object"))?;
-    obj.insert("created".into(), now.clone().into());
-    let rootfs = obj
-        .entry("rootfs")
-        .or_insert_with(|| serde_json::json!({"type": "layers", "diff_ids": []}));
-    if let Some(ids) = rootfs.get_mut("diff_ids").and_then(|v| v.as_array_mut()) {
-        ids.push(diff_id.to_string().into());
-    }
-    let mut hist = serde_json::json!({ "created": now, "created_by": format!("strata commit --from {}", img.name) });
-    if let Some(c) = comment {
-        hist["comment"] = c.into();
-    }
-    match obj.get_mut("history").and_then(|h| h.as_array_mut()) {
-        Some(h) => h.push(hist),
-        None => {
-            obj.insert("history".into(), serde_json::Value::Array(vec![hist]));
-        }
-    }
-    let config_bytes = oci::to_json(&config);
+    let config_bytes = next_config(&img, &diff_id, comment)?;
     let mut manifest = img.manifest.clone();
     manifest.media_type = Some(oci::MT_MANIFEST.to_owned());
     manifest.config = Descriptor::new(
@@ -542,21 +519,39 @@ pub fn commit(
         }
     }
     new.store(store, &lock)?;
-    let config_digest = store.put_blob(&config_bytes)?;
-    let manifest_digest = store.put_blob(&manifest_bytes)?;
-    let mut images = store.images()?;
-    let replaced = images
-        .insert(
-            name,
-            ImageRecord {
-                manifest: manifest_digest.to_string(),
-                config: config_digest.to_string(),
-            },
-        )
-        .is_some();
-    store.write_images(&lock, &images)?;
-    if replaced {
-        store.gc(&lock)?;
+    let config_digest = Digest::of(&config_bytes);
+    store.publish(
+        &lock,
+        &config_bytes,
+        &config_digest,
+        &manifest_bytes,
+        &[name],
+    )
+}
+
+/// The committed image's config: the base's, with one more diff_id and history entry.
+fn next_config(img: &StoredImage, diff_id: &Digest, comment: Option<&str>) -> Result<Vec<u8>> {
+    let mut config: serde_json::Value = oci::parse(&img.config_bytes, "base image config")?;
+    let now = oci::now_rfc3339();
+    let obj = config
+        .as_object_mut()
+        .ok_or_else(|| invalid("base image config", "not a JSON object"))?;
+    obj.insert("created".into(), now.clone().into());
+    let rootfs = obj
+        .entry("rootfs")
+        .or_insert_with(|| serde_json::json!({"type": "layers", "diff_ids": []}));
+    if let Some(ids) = rootfs.get_mut("diff_ids").and_then(|v| v.as_array_mut()) {
+        ids.push(diff_id.to_string().into());
     }
-    Ok(manifest_digest)
+    let mut hist = serde_json::json!({ "created": now, "created_by": format!("strata commit --from {}", img.name) });
+    if let Some(c) = comment {
+        hist["comment"] = c.into();
+    }
+    match obj.get_mut("history").and_then(|h| h.as_array_mut()) {
+        Some(h) => h.push(hist),
+        None => {
+            obj.insert("history".into(), serde_json::Value::Array(vec![hist]));
+        }
+    }
+    Ok(oci::to_json(&config))
 }

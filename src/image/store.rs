@@ -262,6 +262,36 @@ impl Store {
         fs::rename(&tmp, path).map_err(io_err("renaming into place", path))
     }
 
+    /// Publishes an image whose layers are in the store: its config and manifest become
+    /// blobs and each of `names` points at it (call with the lock held). A name taken from
+    /// another image may leave that one's layers unused: they are collected. Returns the
+    /// manifest's digest.
+    pub fn publish(
+        &self,
+        lock: &StoreLock,
+        config_bytes: &[u8],
+        config_digest: &Digest,
+        manifest_bytes: &[u8],
+        names: &[String],
+    ) -> Result<Digest> {
+        self.put_blob(config_bytes)?;
+        let manifest_digest = self.put_blob(manifest_bytes)?;
+        let mut images = self.images()?;
+        let mut replaced = false;
+        for n in names {
+            let rec = ImageRecord {
+                manifest: manifest_digest.to_string(),
+                config: config_digest.to_string(),
+            };
+            replaced |= images.insert(n.clone(), rec).is_some();
+        }
+        self.write_images(lock, &images)?;
+        if replaced {
+            self.gc(lock)?;
+        }
+        Ok(manifest_digest)
+    }
+
     /// Adds a small blob (manifest, config) if it is not there yet.
     pub fn put_blob(&self, data: &[u8]) -> Result<Digest> {
         let d = Digest::of(data);
