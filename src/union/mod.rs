@@ -13,6 +13,7 @@ mod lookup;
 mod ops;
 mod override_stat;
 mod readdir;
+mod rename;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -152,24 +153,7 @@ impl Union {
                 w.fd().is_ok_and(|w| sys::can_mknod_whiteout(w.as_fd()))
             }
         };
-        let mut layers = Vec::new();
-        let uuid = |fd: &OwnedFd| {
-            sys::open_dir_for_read(fd.as_fd()).map_or([0; 16], |d| sys::fs_uuid(d.as_fd()))
-        };
-        if let Some(u) = stack.upper {
-            layers.push(Layer {
-                uuid: uuid(&u),
-                root: cache.fixed(u),
-                upper: true,
-            });
-        }
-        for l in stack.lowers {
-            layers.push(Layer {
-                uuid: uuid(&l),
-                root: cache.fixed(l),
-                upper: false,
-            });
-        }
+        let layers = open_layers(&cache, stack.upper, stack.lowers);
         if layers.is_empty() {
             return Err(err(libc::EINVAL));
         }
@@ -192,18 +176,24 @@ impl Union {
             no_redirect: opts.no_redirect,
             overrides,
         };
-        // The root merges every layer; opacity of a layer root is ignored, as in the kernel.
+        u.insert_root()?;
+        Ok(u)
+    }
+
+    /// The root node: it merges every layer (opacity of a layer root is ignored, as in the
+    /// kernel).
+    fn insert_root(&self) -> io::Result<()> {
         let mut copies = Vec::new();
         let mut top = None;
-        for (i, l) in u.layers.iter().enumerate() {
+        for (i, l) in self.layers.iter().enumerate() {
             let st = sys::stat_fd(l.root.fd()?.as_fd())?;
             top.get_or_insert(st);
             copies.push(DirCopy::new(i, l.root.clone(), &st, l.upper));
         }
         let top = top.ok_or_else(|| err(libc::EINVAL))?;
         // The first device seen gets index 0 (unchanged inode numbers).
-        let ino = u.inos.map(top.st_dev, top.st_ino);
-        u.nodes.insert_root(
+        let ino = self.inos.map(top.st_dev, top.st_ino);
+        self.nodes.insert_root(
             ino,
             NodeState {
                 parent: None,
@@ -213,7 +203,7 @@ impl Union {
                 data: None,
             },
         );
-        Ok(u)
+        Ok(())
     }
 
     /// Whether a file's data can no longer change place: it is in the upper layer, or there
@@ -730,6 +720,22 @@ impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.union.forget(self.node.id, 1);
     }
+}
+
+/// The layers, top first: the upper (if any), then the lowers, each root a fixed fd.
+fn open_layers(cache: &DirCache, upper: Option<OwnedFd>, lowers: Vec<OwnedFd>) -> Vec<Layer> {
+    let uuid = |fd: &OwnedFd| {
+        sys::open_dir_for_read(fd.as_fd()).map_or([0; 16], |d| sys::fs_uuid(d.as_fd()))
+    };
+    let roots = upper.map(|u| (u, true)).into_iter();
+    roots
+        .chain(lowers.into_iter().map(|l| (l, false)))
+        .map(|(fd, upper)| Layer {
+            uuid: uuid(&fd),
+            root: cache.fixed(fd),
+            upper,
+        })
+        .collect()
 }
 
 /// Opens (creating if needed) `workdir/work` and clears what a crash left in it.

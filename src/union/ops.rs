@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use super::dircache::Dir;
 use super::inode::{Node, Place};
-use super::{Held, Union, err, lookup};
+use super::{Union, err, lookup};
 use crate::format::{self, stored_xattr_name};
 use crate::sys::{self, RenameMode, SetTime, Stat};
 
@@ -34,19 +34,9 @@ pub struct SetAttr {
     pub fh: Option<u64>,
 }
 
-/// What a rename does, decided before anything changes.
-enum RenamePlan<'a> {
-    /// Source and target are the same file.
-    Nothing,
-    /// `RENAME_EXCHANGE` with this target.
-    Exchange(Held<'a>),
-    /// The source moves to the new name, replacing this target if there is one.
-    Move(Option<Held<'a>>),
-}
-
 /// What the upper layer holds at a name that is absent from the merged view.
 #[derive(PartialEq, Eq, Clone, Copy, Debug)]
-enum Hole {
+pub(super) enum Hole {
     Empty,
     /// A char 0/0 (or xattr) whiteout: replaced atomically by renaming over it.
     Whiteout,
@@ -55,7 +45,7 @@ enum Hole {
 }
 
 impl Union {
-    fn check_name(name: &OsStr) -> io::Result<()> {
+    pub(super) fn check_name(name: &OsStr) -> io::Result<()> {
         // `.wh.` names are whiteouts in the layer format: a user file by that name would
         // silently hide another.
         if format::is_format_name(name.as_bytes()) {
@@ -64,7 +54,7 @@ impl Union {
         Ok(())
     }
 
-    fn hole_at(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Hole> {
+    pub(super) fn hole_at(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Hole> {
         match sys::stat_at(pdir, name) {
             Ok(st) if format::is_chardev_whiteout(&st) => Ok(Hole::Whiteout),
             Ok(_) => Err(err(libc::EEXIST)),
@@ -81,7 +71,7 @@ impl Union {
 
     /// Whether `name` is visible in the lower copies of directory `parent` (so removing or
     /// renaming its upper copy needs a whiteout).
-    fn lower_has(&self, parent: &Node, name: &OsStr) -> io::Result<bool> {
+    pub(super) fn lower_has(&self, parent: &Node, name: &OsStr) -> io::Result<bool> {
         let s = parent.state();
         let Place::Dir(copies) = &s.place else {
             return Err(err(libc::ENOTDIR));
@@ -332,7 +322,7 @@ impl Union {
 
     /// Leaves a whiteout at `name` in the upper directory `pdir`, whose entry (if any) has
     /// already been moved or removed.
-    fn whiteout(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    pub(super) fn whiteout(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
         if self.chardev_whiteouts {
             match sys::mknod_at(pdir, name, libc::S_IFCHR, 0) {
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
@@ -349,7 +339,7 @@ impl Union {
         self.remove_node(&p, &node, name, dir)
     }
 
-    fn remove_node(
+    pub(super) fn remove_node(
         &self,
         p: &Arc<Node>,
         node: &Arc<Node>,
@@ -382,33 +372,9 @@ impl Union {
             // Only a lower name goes: its hard-link group (if any) loses a member.
             self.forget_lower_name(node)?;
         }
-        if in_upper {
-            if dir {
-                // Move the upper copy out (leaving a whiteout if a lower copy must stay
-                // hidden), then empty it of its whiteouts and remove it.
-                let tmp = self.stage_name();
-                let how = if below && self.chardev_whiteouts {
-                    RenameMode::Whiteout
-                } else {
-                    RenameMode::NoReplace
-                };
-                // Its fd stays open (held across the move, kept for good after): the kernel
-                // may still ask about the directory, which no path reaches any more.
-                let upper = match &node.state().place {
-                    Place::Dir(copies) => copies[0].dir.clone(),
-                    Place::Leaf { .. } => return Err(err(libc::ENOTDIR)),
-                };
-                let held = upper.fd()?;
-                sys::rename_at(pdir, name, work, &tmp, how)?;
-                upper.detach()?;
-                drop(held);
-                if below && !self.chardev_whiteouts {
-                    self.whiteout(pdir, name)?;
-                }
-                let staged = sys::open_dir_at(work, &tmp)?;
-                clear_dir(staged.as_fd())?;
-                sys::unlink_at(work, &tmp, true)?;
-            } else {
+        match (in_upper, dir) {
+            (true, true) => self.remove_upper_dir(node, pdir, name, below, work)?,
+            (true, false) => {
                 self.keep_reachable(node, &pdir_dir, pdir, name)?;
                 if below && self.chardev_whiteouts {
                     let tmp = self.stage_name();
@@ -421,8 +387,7 @@ impl Union {
                     }
                 }
             }
-        } else {
-            self.whiteout(pdir, name)?;
+            (false, _) => self.whiteout(pdir, name)?,
         }
         // The last name gone: open handles keep the data, stat says nlink 0. (A lower file
         // is only hidden: like the kernel, fstat through an open fd still sees its real links.)
@@ -436,12 +401,46 @@ impl Union {
         Ok(())
     }
 
+    /// Removes the upper copy of an empty directory: moves it out (leaving a whiteout if a
+    /// lower copy must stay hidden), then empties it of its whiteouts and removes it.
+    fn remove_upper_dir(
+        &self,
+        node: &Node,
+        pdir: BorrowedFd<'_>,
+        name: &OsStr,
+        below: bool,
+        work: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        let tmp = self.stage_name();
+        let how = if below && self.chardev_whiteouts {
+            RenameMode::Whiteout
+        } else {
+            RenameMode::NoReplace
+        };
+        // Its fd stays open (held across the move, kept for good after): the kernel may still
+        // ask about the directory, which no path reaches any more.
+        let upper = match &node.state().place {
+            Place::Dir(copies) => copies[0].dir.clone(),
+            Place::Leaf { .. } => return Err(err(libc::ENOTDIR)),
+        };
+        let held = upper.fd()?;
+        sys::rename_at(pdir, name, work, &tmp, how)?;
+        upper.detach()?;
+        drop(held);
+        if below && !self.chardev_whiteouts {
+            self.whiteout(pdir, name)?;
+        }
+        let staged = sys::open_dir_at(work, &tmp)?;
+        clear_dir(staged.as_fd())?;
+        sys::unlink_at(work, &tmp, true)
+    }
+
     /// Before the upper name `name` of a file goes from `pdir` (open as `pfd`), keeps the file
     /// reachable for the requests that need no name, until the kernel forgets the node: one
     /// that is open or has other names gets a hidden link in the staging dir; otherwise (its
     /// last name, unopened: a fifo, a device or an `O_PATH` fd) an `O_PATH` fd of it is kept,
     /// as kernel overlayfs keeps the upper inode. The node then points there.
-    fn keep_reachable(
+    pub(super) fn keep_reachable(
         &self,
         node: &Arc<Node>,
         pdir: &Dir,
@@ -599,289 +598,8 @@ impl Union {
         self.xattr_target(id, |dir, name| sys::remove_xattr(dir, name, &key))
     }
 
-    /// rename(2) with flags. A directory with lower copies moves with a redirect (the
-    /// kernel's `redirect_dir`), unless the mount says `redirect_dir=off` (EXDEV: callers such
-    /// as mv fall back to copy and delete).
-    pub fn rename(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        newparent: u64,
-        newname: &OsStr,
-        mode: RenameMode,
-    ) -> io::Result<()> {
-        Self::check_name(newname)?;
-        let p = self.node(parent)?;
-        let np = self.node(newparent)?;
-        let src = self.lookup_held(parent, name)?;
-        match self.plan_rename(&src, &np, newname, mode)? {
-            RenamePlan::Nothing => Ok(()),
-            RenamePlan::Exchange(t) => self.exchange(&p, &src, name, &np, &t, newname),
-            RenamePlan::Move(t) => self.apply_move(&p, &src, name, &np, newname, t.as_deref()),
-        }
-    }
-
-    /// Decides what a rename does, before anything changes: every refusal is here.
-    fn plan_rename(
-        &self,
-        src: &Arc<Node>,
-        np: &Arc<Node>,
-        newname: &OsStr,
-        mode: RenameMode,
-    ) -> io::Result<RenamePlan<'_>> {
-        let target = match self.lookup_held(np.id, newname) {
-            Ok(t) => Some(t),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
-            Err(e) => return Err(e),
-        };
-        let exchanged = target.as_ref().filter(|_| mode == RenameMode::Exchange);
-        if self.pinned_dir(src) || exchanged.is_some_and(|t| self.pinned_dir(t)) {
-            return Err(err(libc::EXDEV));
-        }
-        let Some(t) = target else {
-            return match mode {
-                RenameMode::Exchange => Err(err(libc::ENOENT)),
-                _ => Ok(RenamePlan::Move(None)),
-            };
-        };
-        if Arc::ptr_eq(&t, src) {
-            return Ok(RenamePlan::Nothing);
-        }
-        match mode {
-            RenameMode::NoReplace => Err(err(libc::EEXIST)),
-            RenameMode::Exchange => Ok(RenamePlan::Exchange(t)),
-            _ if t.is_dir && !src.is_dir => Err(err(libc::EISDIR)),
-            _ if !t.is_dir && src.is_dir => Err(err(libc::ENOTDIR)),
-            _ => Ok(RenamePlan::Move(Some(t))),
-        }
-    }
-
-    /// Moves `src` from `name` in `p` to `newname` in `np`, replacing `target`: the upper
-    /// copies are made, the replaced entry dealt with, then one rename in the upper layer.
-    fn apply_move(
-        &self,
-        p: &Arc<Node>,
-        src: &Arc<Node>,
-        name: &OsStr,
-        np: &Arc<Node>,
-        newname: &OsStr,
-        target: Option<&Arc<Node>>,
-    ) -> io::Result<()> {
-        if let Some(t) = target.filter(|t| t.is_dir) {
-            // Replacing a directory: it must be empty, and is removed first.
-            self.remove_node(np, t, newname, true)?;
-        }
-        self.copy_up(src)?;
-        let pdir = self.upper_dir(p)?;
-        let npdir = self.upper_dir(np)?;
-        let (pfd, npfd) = (pdir.fd()?, npdir.fd()?);
-        let below = self.lower_has(p, name)?;
-        if src.is_dir {
-            self.prepare_dir_move(p, src, name, np, newname)?;
-        } else if !self.name_in_upper(pfd.as_fd(), name)? {
-            self.link_name_up(src, pfd.as_fd(), name)?;
-        }
-        let file_target = target.filter(|t| !t.is_dir);
-        if let Some(t) = file_target {
-            if self.name_in_upper(npfd.as_fd(), newname)? {
-                // The replaced file may live on under other names or open handles.
-                self.keep_reachable(t, &npdir, npfd.as_fd(), newname)?;
-            } else {
-                self.forget_lower_name(t)?;
-            }
-        }
-        let target_hole = match file_target {
-            Some(t) if Self::in_upper(&t.state().place) => Hole::Empty,
-            _ => self.hole_at(npfd.as_fd(), newname).unwrap_or(Hole::Empty),
-        };
-        // A directory's fd stays open across the move: nothing needs its old path then.
-        let _held = upper_fd(src)?;
-        let (pd, npd) = (pfd.as_fd(), npfd.as_fd());
-        self.rename_in_upper(pd, name, npd, newname, src.is_dir, below, target_hole)?;
-        // The replaced file is gone only if that was its last name.
-        if let Some(t) = file_target
-            && Self::in_upper(&t.state().place)
-            && self.getattr(t.id).map_or(true, |st| st.st_nlink == 0)
-        {
-            t.unlinked.store(true, Ordering::Relaxed);
-        }
-        moved(src, np, newname, &pdir, &npdir);
-        Ok(())
-    }
-
-    /// The rename itself, in the upper layer, leaving a whiteout at the old name when a lower
-    /// copy (`below`) must stay hidden, and clearing what stood at the new one.
-    #[allow(clippy::too_many_arguments)]
-    fn rename_in_upper(
-        &self,
-        pd: BorrowedFd<'_>,
-        name: &OsStr,
-        npd: BorrowedFd<'_>,
-        newname: &OsStr,
-        is_dir: bool,
-        below: bool,
-        target_hole: Hole,
-    ) -> io::Result<()> {
-        if is_dir && target_hole == Hole::Whiteout {
-            // A directory cannot replace a device: swap them, which leaves the whiteout
-            // at the old name, where it is needed if a lower copy stays behind.
-            sys::rename_at(pd, name, npd, newname, RenameMode::Exchange)?;
-            if !below {
-                sys::unlink_at(pd, name, false)?;
-            }
-        } else {
-            let how = if below && self.chardev_whiteouts {
-                RenameMode::Whiteout
-            } else {
-                RenameMode::Replace
-            };
-            sys::rename_at(pd, name, npd, newname, how)?;
-            if below && !self.chardev_whiteouts {
-                self.whiteout(pd, name)?;
-            }
-        }
-        self.mark_impure(npd);
-        if target_hole == Hole::OciWhiteout {
-            sys::unlink_at(npd, &format::whiteout_name(newname), false)?;
-        }
-        Ok(())
-    }
-
-    /// Before a directory moves in the upper layer: if it has lower copies, record where they
-    /// are (the kernel's redirect: the old name when the parent stays, else the absolute
-    /// path); if it has none but the target name hides a lower one, make it opaque.
-    fn prepare_dir_move(
-        &self,
-        p: &Arc<Node>,
-        src: &Arc<Node>,
-        name: &OsStr,
-        np: &Arc<Node>,
-        newname: &OsStr,
-    ) -> io::Result<()> {
-        let (upper, has_lower) = match &src.state().place {
-            Place::Dir(copies) => (copies[0].dir.fd()?, copies.iter().any(|c| !c.upper())),
-            Place::Leaf { .. } => return Err(err(libc::ENOTDIR)),
-        };
-        let here = OsStr::new("");
-        let key = &self.xattrs.redirect;
-        if has_lower {
-            // As the kernel: a redirect already on the upper copy stays if it still holds
-            // (same parent, or absolute); else the old name, or the absolute path. Redirects
-            // of lower layers chain below it at lookup.
-            let existing = src.state().redirect.clone();
-            let samedir = Arc::ptr_eq(p, np);
-            let redirect = match existing {
-                Some(r) if samedir || r.first() == Some(&b'/') => return Ok(()),
-                _ if samedir => name.as_bytes().to_vec(),
-                _ => self.absolute_redirect(src)?,
-            };
-            sys::set_xattr(upper.as_fd(), here, key, &redirect, 0)?;
-            src.state_mut().redirect = Some(redirect);
-            Ok(())
-        } else if self.lower_has(np, newname)? {
-            sys::set_xattr(upper.as_fd(), here, &self.xattrs.opaque, b"y", 0)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// The absolute path (from the layer roots) where `node`'s lower copies live: its path in
-    /// the union, with each component replaced by that directory's own redirect, up to the
-    /// first absolute one (as the kernel builds it).
-    fn absolute_redirect(&self, node: &Arc<Node>) -> io::Result<Vec<u8>> {
-        let mut parts: Vec<Vec<u8>> = Vec::new();
-        let mut cur = node.clone();
-        loop {
-            let parent = cur.state().parent.clone();
-            let Some(parent) = parent else { break };
-            let redirect = cur.state().redirect.clone();
-            match redirect {
-                Some(r) if r.first() == Some(&b'/') => {
-                    parts.push(r[1..].to_vec());
-                    break;
-                }
-                Some(r) => parts.push(r),
-                None => parts.push(cur.state().name.as_bytes().to_vec()),
-            }
-            cur = parent;
-        }
-        let mut out = Vec::new();
-        for part in parts.iter().rev() {
-            out.push(b'/');
-            out.extend_from_slice(part);
-        }
-        Ok(out)
-    }
-
-    fn exchange(
-        &self,
-        p: &Arc<Node>,
-        a: &Arc<Node>,
-        an: &OsStr,
-        np: &Arc<Node>,
-        b: &Arc<Node>,
-        bn: &OsStr,
-    ) -> io::Result<()> {
-        // Both names keep existing, so no whiteout is needed; each directory that moves gets
-        // its redirect (or opacity) as in a plain rename.
-        self.copy_up(a)?;
-        self.copy_up(b)?;
-        let pdir = self.upper_dir(p)?;
-        let npdir = self.upper_dir(np)?;
-        let (pfd, npfd) = (pdir.fd()?, npdir.fd()?);
-        for (n, parent, dir, name, other_parent, other) in
-            [(a, p, &pfd, an, np, bn), (b, np, &npfd, bn, p, an)]
-        {
-            if n.is_dir {
-                self.prepare_dir_move(parent, n, name, other_parent, other)?;
-            } else if !self.name_in_upper(dir.as_fd(), name)? {
-                self.link_name_up(n, dir.as_fd(), name)?;
-            }
-        }
-        let _held = (upper_fd(a)?, upper_fd(b)?);
-        sys::rename_at(pfd.as_fd(), an, npfd.as_fd(), bn, RenameMode::Exchange)?;
-        self.mark_impure(pfd.as_fd());
-        self.mark_impure(npfd.as_fd());
-        moved(a, np, bn, &pdir, &npdir);
-        moved(b, p, an, &npdir, &pdir);
-        Ok(())
-    }
-
     pub(super) fn file(&self, fh: u64) -> io::Result<Arc<File>> {
         self.handles.file(fh).map(|f| f.file)
-    }
-}
-
-/// Records that `node` is now `name` in `parent`, whose upper copy is `to`. A file that lived
-/// in `from` (its old upper directory) follows; one reached through the index or a hidden link
-/// stays where it is.
-fn moved(node: &Node, parent: &Arc<Node>, name: &OsStr, from: &Dir, to: &Dir) {
-    let mut s = node.state_mut();
-    s.parent = Some(parent.clone());
-    s.name = name.to_owned();
-    match &mut s.place {
-        Place::Leaf {
-            dir, name: real, ..
-        } if Dir::ptr_eq(dir, from) => {
-            *dir = to.clone();
-            *real = name.to_owned();
-        }
-        // A directory's upper copy is found by its path from then on (its lower copies stay
-        // where they are).
-        Place::Dir(copies) => {
-            if let Some(c) = copies.first().filter(|c| c.upper()) {
-                c.dir.moved(to, name);
-            }
-        }
-        Place::Leaf { .. } => {}
-    }
-}
-
-/// An open fd of a directory node's upper copy (None for other nodes), to hold while it moves.
-fn upper_fd(node: &Node) -> io::Result<Option<super::dircache::DirFd>> {
-    match &node.state().place {
-        Place::Dir(copies) if copies[0].upper() => copies[0].dir.fd().map(Some),
-        _ => Ok(None),
     }
 }
 
