@@ -353,13 +353,8 @@ fn fetch_one(
         opts: UnpackOptions::for_current_user(),
     };
     let Some(mut p) = partial else {
-        // One byte past the descriptor's size is enough to refuse a longer blob: a registry
-        // cannot keep the unpacker reading forever.
-        let reader = get_blob(c, r, &job.digest, 0)?
-            .into_body()
-            .into_reader()
-            .take(job.desc.size.saturating_add(1));
-        let s = layer::stage(dir, job.n, reader, &lj, pb)?;
+        let net = get_blob(c, r, &job.digest, 0)?.into_body().into_reader();
+        let s = layer::stage(dir, job.n, Capped::new(net, job.desc.size), &lj, pb)?;
         let n = s.size;
         return Ok((s, n));
     };
@@ -377,18 +372,15 @@ fn fetch_one(
         if !resumed {
             p.reset()?;
         }
-        Box::new(
-            resp.into_body()
-                .into_reader()
-                .take(job.desc.size.saturating_add(1) - p.len),
-        )
+        Box::new(resp.into_body().into_reader())
     };
     if p.len > 0 {
         progress.note(pb, &format!("{}: resuming at byte {}", job.digest, p.len));
     }
     let kept = p.len;
     let (reader, net_failed) = p.reader(net)?;
-    let res = layer::stage(dir, job.n, reader, &lj, pb);
+    // The cap is outside the partial file's tee: a blob too long is not the network's fault.
+    let res = layer::stage(dir, job.n, Capped::new(reader, job.desc.size), &lj, pb);
     match res {
         Ok(mut s) => {
             s.blob = Some(p.finish()?);
@@ -401,5 +393,47 @@ fn fetch_one(
             p.discard();
             Err(e.into())
         }
+    }
+}
+
+/// A blob stream cut at its descriptor's size: a byte more is an error, so a registry
+/// cannot keep the unpacker reading forever.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    size: u64,
+}
+
+impl<R: Read> Capped<R> {
+    fn new(inner: R, size: u64) -> Self {
+        Capped {
+            inner,
+            left: size,
+            size,
+        }
+    }
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the registry sent more than the descriptor's {} bytes",
+                        self.size
+                    ),
+                )),
+            };
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
     }
 }
