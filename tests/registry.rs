@@ -1896,3 +1896,32 @@ fn hostile_registry_redirect_to_a_file_url_is_refused() {
         );
     }
 }
+
+#[test]
+fn image_rm_and_prune_clean_partial_downloads_not_locked_ones() {
+    let side = Side::with_conf("");
+    make_image(&side, "app:1", "partial\n");
+    make_image(&side, "app:2", "partial 2\n");
+    let dir = side.root().join("partial");
+    fs::create_dir_all(&dir).unwrap();
+    // An interrupted download's leftovers, and one a running pull holds (its flock).
+    let (stale, held) = (dir.join("a".repeat(64)), dir.join("b".repeat(64)));
+    fs::write(&stale, b"half a blob").unwrap();
+    fs::write(&held, b"being written").unwrap();
+    let lock = fs::File::options().write(true).open(&held).unwrap();
+    lock.lock().unwrap();
+    let out = side.ok(&["image", "rm", "app:1"]);
+    assert!(out.contains("1 partial downloads"), "{out}");
+    assert!(!stale.exists(), "the stale partial download is removed");
+    assert!(held.exists(), "a locked one is left to its pull");
+    drop(lock);
+    let out = side.ok(&["image", "rm", "app:2"]);
+    assert!(out.contains("1 partial downloads"), "{out}");
+    assert!(!held.exists(), "removed once its pull let go");
+    fs::write(&stale, b"again").unwrap();
+    let out = side.ok(&["image", "prune"]);
+    assert!(
+        out.contains("1 partial downloads") && !stale.exists(),
+        "{out}"
+    );
+}
