@@ -12,7 +12,7 @@ use sha2::Digest as _;
 
 pub const BUSYBOX: &str = "/bin/busybox";
 
-fn sha(data: &[u8]) -> String {
+pub fn sha(data: &[u8]) -> String {
     let hex: String = sha2::Sha256::digest(data)
         .iter()
         .map(|b| format!("{b:02x}"))
