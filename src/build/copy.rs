@@ -329,6 +329,9 @@ pub struct Writer<'a> {
     /// Who new files belong to unless changed, and the mode bits the umask takes away.
     me: (u32, u32),
     umask: u32,
+    /// During one source's copy: directories it created, so their entries (unique names)
+    /// need no lookup for what is there already: one FUSE round trip less per file.
+    fresh: Option<std::collections::HashSet<Vec<u8>>>,
 }
 
 /// The process's umask, read without changing it (other threads create files meanwhile).
@@ -366,6 +369,7 @@ impl<'a> Writer<'a> {
                 rustix::process::getegid().as_raw(),
             ),
             umask: current_umask(),
+            fresh: None,
         }
     }
 
@@ -399,9 +403,14 @@ impl<'a> Writer<'a> {
         }
         let xs = self.xattrs.remove(path);
         let (me, umask) = (self.me, self.umask);
+        let new_dir = matches!(what, What::Dir).then(|| join(&parent, &name));
+        let known_empty = self.fresh.as_ref().is_some_and(|f| f.contains(&parent));
         let dir = self.parent(&parent)?;
         let n = OsStr::from_bytes(&name);
-        let existing = sys::stat_at(dir, n).ok().map(|s| s.st_mode & libc::S_IFMT);
+        let existing = match known_empty {
+            true => None,
+            false => sys::stat_at(dir, n).ok().map(|s| s.st_mode & libc::S_IFMT),
+        };
         match (&what, existing) {
             (What::Dir, Some(libc::S_IFDIR)) => {
                 // An existing directory keeps its metadata unless the flags say otherwise.
@@ -452,7 +461,11 @@ impl<'a> Writer<'a> {
                 let _ = sys::set_xattr(dir, n, k, v, 0);
             }
         }
-        sys::utimens_at(dir, n, SetTime::Omit, SetTime::At(mtime, 0))
+        sys::utimens_at(dir, n, SetTime::Omit, SetTime::At(mtime, 0))?;
+        if let (Some(f), Some(d)) = (self.fresh.as_mut(), new_dir) {
+            f.insert(d);
+        }
+        Ok(())
     }
 
     /// A hard link at `path` to `existing` (written before it by this copy).
@@ -473,6 +486,13 @@ impl<'a> Writer<'a> {
     /// Copies a source to `dest` (a directory when `into_dir`); a directory's contents go
     /// into `dest`.
     pub fn copy(&mut self, s: &Source, dest: &[u8], into_dir: bool) -> io::Result<()> {
+        self.fresh = Some(Default::default());
+        let r = self.copy_source(s, dest, into_dir);
+        self.fresh = None;
+        r
+    }
+
+    fn copy_source(&mut self, s: &Source, dest: &[u8], into_dir: bool) -> io::Result<()> {
         let base = if s.is_dir || !into_dir {
             dest.to_vec()
         } else {
