@@ -98,8 +98,10 @@ pub fn image(root: Option<PathBuf>, cmd: ImageCmd) -> anyhow::Result<()> {
         ImageCmd::Rm { name } => {
             let r = store.remove(&name)?;
             println!(
-                "removed {name} ({} layers, {} blobs freed)",
-                r.layers, r.blobs
+                "removed {name} ({} layers, {} blobs freed{})",
+                r.layers,
+                r.blobs,
+                partial_note(&r)
             );
         }
         ImageCmd::Inspect { name } => {
@@ -137,8 +139,10 @@ pub fn image(root: Option<PathBuf>, cmd: ImageCmd) -> anyhow::Result<()> {
         ImageCmd::Prune => {
             let r = store.prune_build_cache()?;
             println!(
-                "build cache pruned ({} layers, {} blobs freed)",
-                r.layers, r.blobs
+                "build cache pruned ({} layers, {} blobs freed{})",
+                r.layers,
+                r.blobs,
+                partial_note(&r)
             );
         }
         ImageCmd::Export { name, path } => {
@@ -162,4 +166,12 @@ pub fn commit(root: Option<PathBuf>, a: CommitArgs) -> anyhow::Result<()> {
         .with_context(|| format!("committing {}", upper.display()))?;
     println!("{} {d}", image::oci::normalize_name(&a.name)?);
     Ok(())
+}
+
+/// `, N partial downloads` when `rm` or `prune` removed some.
+fn partial_note(r: &image::store::GcReport) -> String {
+    match r.partial {
+        0 => String::new(),
+        n => format!(", {n} partial downloads"),
+    }
 }

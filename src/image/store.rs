@@ -88,6 +88,8 @@ pub struct StoredImage {
 pub struct GcReport {
     pub layers: usize,
     pub blobs: usize,
+    /// Interrupted downloads removed from `partial/`.
+    pub partial: usize,
 }
 
 static STAGE_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -443,7 +445,31 @@ impl Store {
                 }
             }
         }
+        report.partial = self.clean_partial()?;
         Ok(report)
+    }
+
+    /// Removes the interrupted downloads in `partial/` (`registry::resume`), except those a
+    /// running pull holds (flocked): a later pull of them starts from byte 0.
+    fn clean_partial(&self) -> Result<usize> {
+        let d = self.root.join("partial");
+        let Ok(rd) = fs::read_dir(&d) else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(f) = File::options().read(true).write(true).open(&p) else {
+                continue;
+            };
+            // Held by the lock while unlinked: a pull that opened it before cannot lock it
+            // and checks, once locked, that its path still names the file.
+            if rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok() {
+                fs::remove_file(&p).map_err(io_err("removing partial download", &p))?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Where `strata build` keeps its cache: one `<key>.json` per step.
