@@ -66,6 +66,15 @@ impl Read for At<'_> {
     }
 }
 
+/// The one-line refusal of a file that is no image archive (nothing of its content quoted).
+fn not_an_image(path: &Path) -> ImageError {
+    invalid(
+        path.display().to_string(),
+        "not an image: expected an OCI image layout (a directory with index.json), an OCI \
+         image tar or a docker-save archive (a tar, maybe gzip or zstd compressed)",
+    )
+}
+
 impl Source {
     /// Opens PATH; `scratch` provides a staging directory for a compressed archive.
     pub fn open(path: &Path, scratch: impl FnOnce() -> Result<Staging>) -> Result<Source> {
@@ -115,9 +124,11 @@ impl Source {
         let mut members = HashMap::new();
         {
             let mut archive = tar::Archive::new(&file);
-            let entries = archive.entries().map_err(io_err("reading archive", path))?;
+            // The tar crate's header errors quote the header's bytes: never echo the input.
+            let not_image = |_| not_an_image(path);
+            let entries = archive.entries().map_err(not_image)?;
             for e in entries {
-                let e = e.map_err(io_err("reading archive", path))?;
+                let e = e.map_err(not_image)?;
                 let name = clean(&e.path_bytes()).join(&b'/');
                 let kind = e.header().entry_type();
                 let m = if kind.is_file() {
