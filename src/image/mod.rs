@@ -11,6 +11,7 @@ pub use digest::Digest;
 pub use error::{ImageError, Result};
 pub mod import;
 pub mod layer;
+pub mod limits;
 pub mod merged;
 pub mod oci;
 pub mod progress;

@@ -15,6 +15,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use super::digest::Digest;
 use super::error::{ImageError, Result, invalid, io_err};
+use super::limits::Limited;
 use super::oci::Compression;
 use super::store::Staging;
 use super::unpack::clean;
@@ -109,12 +110,14 @@ impl Source {
                     .open(&out_path)
                     .map_err(io_err("creating", &out_path))?;
                 let input = BufReader::new(&mut file);
+                let what = "the decompressed archive";
                 let res = match c {
                     Compression::Gzip => {
-                        io::copy(&mut flate2::bufread::MultiGzDecoder::new(input), &mut out)
+                        let gz = flate2::bufread::MultiGzDecoder::new(input);
+                        io::copy(&mut Limited::new(gz, what), &mut out)
                     }
                     _ => zstd::Decoder::with_buffer(input)
-                        .and_then(|mut d| io::copy(&mut d, &mut out)),
+                        .and_then(|d| io::copy(&mut Limited::new(d, what), &mut out)),
                 };
                 res.map_err(io_err("decompressing", path))?;
                 io::Seek::rewind(&mut out).map_err(io_err("reading", &out_path))?;
