@@ -2,7 +2,7 @@
 # The soak and stress suite (issue 18): figures, not timed assertions. Needs root and /dev/fuse.
 #
 #   scripts/stress.sh           full: 1M lookups/creates/unlinks, a 100k-file walk x3 with
-#                               drop_caches between, 8 writers for STRESS_MINUTES (default 5),
+#                               drop_caches between, one directory of 1M entries listed, 8 writers for STRESS_MINUTES (default 5),
 #                               concurrent `strata run` while images come and go, 10,000
 #                               differential sequences (release), 10 min per fuzz target
 #   scripts/stress.sh --quick   the same at small sizes (well under 2 minutes, debug build)
@@ -10,7 +10,8 @@
 #   STRATA=PATH            the binary (default: target/debug/strata quick, target/release full)
 #   STRESS_MINUTES=N       how long the 8 writers run in the full form
 #   STRESS_DIR=/var/tmp    where the layers, uppers and mounts go (a real disk filesystem)
-#   STRESS_OPS, STRESS_WALK, STRESS_CASES   override the sizes (STRESS_CASES=0: no prop run)
+#   STRESS_OPS, STRESS_WALK, STRESS_BIGDIR, STRESS_CASES   override the sizes (STRESS_CASES=0:
+#                          no differential run)
 #
 # Prints one table row per phase: what ran, how much, the result, the daemon's peak and final
 # RSS and open fds. Exits non-zero if any phase failed (a hang, a tree that differs from kernel
@@ -31,12 +32,12 @@ if [ "$(id -u)" != 0 ] || [ ! -c /dev/fuse ]; then
   exit 0
 fi
 if ((quick)); then
-  OPS=10000 WALK=5000 WALKS=3 WRITER_SECS=8 RUNS=6 CASES=20 FUZZ_SECS=0 profile=debug
+  OPS=10000 WALK=5000 WALKS=3 BIGDIR=20000 WRITER_SECS=5 RUNS=6 CASES=20 FUZZ_SECS=0 profile=debug
 else
-  OPS=1000000 WALK=100000 WALKS=3 WRITER_SECS=$((${STRESS_MINUTES:-5} * 60)) RUNS=200 CASES=10000
+  OPS=1000000 WALK=100000 WALKS=3 BIGDIR=1000000 WRITER_SECS=$((${STRESS_MINUTES:-5} * 60)) RUNS=200 CASES=10000
   FUZZ_SECS=600 profile=release
 fi
-OPS=${STRESS_OPS:-$OPS} WALK=${STRESS_WALK:-$WALK} CASES=${STRESS_CASES:-$CASES}
+OPS=${STRESS_OPS:-$OPS} WALK=${STRESS_WALK:-$WALK} CASES=${STRESS_CASES:-$CASES} BIGDIR=${STRESS_BIGDIR:-$BIGDIR}
 if [ -z "${STRATA:-}" ]; then
   if [ "$profile" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
   STRATA="$PWD/target/$profile/strata"
@@ -130,6 +131,31 @@ for _ in $(seq "$WALKS"); do
 done
 row "walk, drop_caches between" "${WALKS}x $WALK files, $((SECONDS - t0)) s" "$r" "$(peak "$samples")" "$(last "$samples")" "$(maxfd "$samples")/$(lastfd "$samples")"
 unmount_strata "$work/soak-mnt"
+
+# ---- 2b: one directory of BIGDIR entries listed through the union (daemon memory bounded?) ----
+big="$work/big-lower"
+py "$big/big" "$BIGDIR" <<'EOF'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(root)
+for i in range(n):
+    os.close(os.open(os.path.join(root, "entry-%07d" % i), os.O_CREAT | os.O_WRONLY, 0o644))
+EOF
+mkdir -p "$work/big-upper" "$work/big-work"
+mount_strata "$work/big-mnt" --lower "$big" --upper "$work/big-upper" --work "$work/big-work"
+samples="$work/big.samples"
+sample "$daemon" "$samples" &
+pids+=($!)
+t0=$SECONDS
+got=$(ls -f "$work/big-mnt/big" | wc -l)
+sync; echo 3 > /proc/sys/vm/drop_caches
+got2=$(find "$work/big-mnt/big" -mindepth 1 | wc -l)
+r=ok
+[ "$got" = $((BIGDIR + 2)) ] && [ "$got2" = "$BIGDIR" ] || { r=FAILED; fail "one big directory: listed $got and $got2 of $BIGDIR"; }
+sleep 0.5
+row "one directory, ls -f + find" "$BIGDIR entries, $((SECONDS - t0)) s" "$r" "$(peak "$samples")" "$(last "$samples")" "$(maxfd "$samples")"
+unmount_strata "$work/big-mnt"
+rm -rf "$big"
 
 # ---- 3: 8 concurrent writers, watchdog, then kernel overlayfs over strata's upper ----
 wl="$work/w-lower"
