@@ -31,11 +31,11 @@ use super::oci::{self, ConfigView, Manifest};
 
 /// `layers/<chain>/layer.json`.
 #[derive(Serialize, Deserialize)]
-struct LayerMeta {
-    chain_id: String,
-    diff_id: String,
+pub(crate) struct LayerMeta {
+    pub(crate) chain_id: String,
+    pub(crate) diff_id: String,
     /// The blob this layer was unpacked from and checked against.
-    blob: String,
+    pub(crate) blob: String,
 }
 
 /// One named image.
@@ -131,7 +131,7 @@ impl Store {
         self.root.join("blobs/sha256").join(d.hex())
     }
 
-    fn layer_entry(&self, chain: &Digest) -> PathBuf {
+    pub(crate) fn layer_entry(&self, chain: &Digest) -> PathBuf {
         self.root.join("layers").join(chain.hex())
     }
 
@@ -479,7 +479,11 @@ impl Store {
 
     /// The layers and blobs build-cache entries name (`layer.chain`, `layer.digest`): the
     /// cache outlives the images built with it until it is pruned.
-    fn build_cache_refs(&self, blobs: &mut BTreeSet<String>, layers: &mut BTreeSet<String>) {
+    pub(crate) fn build_cache_refs(
+        &self,
+        blobs: &mut BTreeSet<String>,
+        layers: &mut BTreeSet<String>,
+    ) {
         let Ok(rd) = fs::read_dir(self.build_cache_dir()) else {
             return;
         };
