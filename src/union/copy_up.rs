@@ -89,6 +89,9 @@ impl Union {
         let pstat = sys::stat_fd(pfd.as_fd())?;
         let work = self.work_fd()?;
         let work = work.as_fd();
+        // The parent is marked before the copy appears in it, as the kernel does: a copy in an
+        // unmarked directory (a crash in between) would show the kernel another d_ino.
+        self.mark_impure(pfd.as_fd());
         match &mut s.place {
             Place::Dir(copies) => {
                 let src = copies[0].dir.fd()?;
@@ -138,7 +141,6 @@ impl Union {
                 };
             }
         }
-        self.mark_impure(pfd.as_fd());
         // Linking into the parent changed its times; the copy must keep the original ones.
         restore_times(pfd.as_fd(), OsStr::new("."), &pstat);
         Ok(())

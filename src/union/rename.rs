@@ -151,6 +151,8 @@ impl Union {
         below: bool,
         target_hole: Hole,
     ) -> io::Result<()> {
+        // Marked before the entry lands there (see copy_up): a crash must not leave it unmarked.
+        self.mark_impure(npd);
         if is_dir && target_hole == Hole::Whiteout {
             // A directory cannot replace a device: swap them, which leaves the whiteout
             // at the old name, where it is needed if a lower copy stays behind.
@@ -169,7 +171,6 @@ impl Union {
                 self.whiteout(pd, name)?;
             }
         }
-        self.mark_impure(npd);
         if target_hole == Hole::OciWhiteout {
             sys::unlink_at(npd, &format::whiteout_name(newname), false)?;
         }
@@ -268,9 +269,9 @@ impl Union {
             }
         }
         let _held = (upper_fd(a)?, upper_fd(b)?);
-        sys::rename_at(pfd.as_fd(), an, npfd.as_fd(), bn, RenameMode::Exchange)?;
         self.mark_impure(pfd.as_fd());
         self.mark_impure(npfd.as_fd());
+        sys::rename_at(pfd.as_fd(), an, npfd.as_fd(), bn, RenameMode::Exchange)?;
         moved(a, np, bn, &pdir, &npdir);
         moved(b, p, an, &npdir, &pdir);
         Ok(())

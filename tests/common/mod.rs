@@ -345,14 +345,34 @@ impl StrataMount {
         if let Some(w) = self.watchdog.take() {
             w.stop();
         }
+        // From mountinfo, not stat: a stat would wait on a daemon that does not answer.
+        let dev = mount_device(&self.mnt);
         unmount(&self.mnt);
         let mut child = self.child.take()?;
+        let pid = rustix::process::Pid::from_raw(child.id() as i32);
         let mut status = None;
         // Generous: a loaded CI machine can take seconds to tear a daemon down.
-        wait_until(Duration::from_secs(20), || {
-            status = child.try_wait().ok().flatten();
-            status.is_some()
-        });
+        let mut exited = |limit| {
+            wait_until(Duration::from_secs(limit), || {
+                status = child.try_wait().ok().flatten();
+                status.is_some()
+            })
+        };
+        // A mount namespace made while this mount existed (another test's container, unshare)
+        // holds a copy of it: the superblock lives on, the kernel never ends the daemon's
+        // session, and it cannot know it was unmounted here. Not a hang: stop it with SIGTERM.
+        if !exited(20)
+            && let Some(holder) = dev.as_deref().and_then(mounted_elsewhere)
+        {
+            eprintln!(
+                "strata on {}: still mounted in pid {holder}'s mount namespace after the unmount here; stopping it with SIGTERM",
+                self.mnt.display()
+            );
+            if let Some(pid) = pid {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            exited(20);
+        }
         if status.is_none() {
             eprintln!(
                 "strata on {} did not exit within 20 s of unmount; killing our child. Its threads:\n{}",
@@ -364,6 +384,27 @@ impl StrataMount {
         }
         status
     }
+}
+
+/// The `major:minor` of what is mounted at `mnt` in this mount namespace.
+fn mount_device(mnt: &Path) -> Option<String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mnt = mnt.to_str()?;
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&mnt)).then(|| f.get(2).map(|d| d.to_string()))?
+    })
+}
+
+/// A process whose mount namespace still has a mount of device `dev` (`major:minor`, a FUSE
+/// mount's anonymous device), if any.
+fn mounted_elsewhere(dev: &str) -> Option<u32> {
+    let want = format!(" {dev} ");
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let info = fs::read_to_string(e.path().join("mountinfo")).ok()?;
+        info.lines().any(|l| l.contains(&want)).then_some(pid)
+    })
 }
 
 /// Each thread of `pid`: name, state and the kernel function it waits in (to tell a hang
