@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # strata push/pull against skopeo copy on a local docker-registry, side by side in one run:
 # push to an empty registry, re-push (HEAD only), pull into an empty store, pull of an image
-# sharing its base with one already present. Table, JSON and chart in bench-results/registry/.
+# sharing its base with one already present. Table, JSON and chart in docs/bench-registry/.
 #
 #   scripts/bench-registry.sh                 # ~300 MB image, 3 reps
 #   scripts/bench-registry.sh --quick         # ~30 MB, 1 rep: a smoke test, not numbers
@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-mb=300 reps=3 out=bench-results/registry
+mb=300 reps=3 out=docs/bench-registry
 while (($#)); do
   case "$1" in
     --quick) mb=30 reps=1 ;;

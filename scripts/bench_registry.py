@@ -155,7 +155,12 @@ class Registry:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+LOADS = []
+
+
 def timed(cmd, env):
+    # The machine is shared: the 1-minute load average before each timed run goes in the results.
+    LOADS.append(loadavg())
     t = time.monotonic()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     dt = time.monotonic() - t
@@ -170,6 +175,11 @@ def fetched_bytes(stderr):
         if "layers fetched (" in line:
             return int(line.split("layers fetched (")[1].split(" ")[0])
     return None
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def rep(args, work, env, layouts, result):
@@ -217,6 +227,11 @@ def rep(args, work, env, layouts, result):
             shutil.rmtree(root, ignore_errors=True)
 
 
+def skopeo_version():
+    r = subprocess.run(["skopeo", "--version"], capture_output=True, text=True)
+    return r.stdout.strip() or "skopeo"
+
+
 def chart(out, medians, names):
     if not shutil.which("gnuplot"):
         print("chart: gnuplot not found (scripts/setup.sh installs gnuplot-nox); no chart")
@@ -238,6 +253,7 @@ set key top right
 plot '{dat}' using 2:xtic(1) title 'strata', '' using 3 title 'skopeo copy'
 """
     r = subprocess.run(["gnuplot"], input=script, text=True, capture_output=True)
+    os.remove(dat)
     if r.returncode != 0:
         print(f"chart: gnuplot failed: {r.stderr.strip()[:300]}", file=sys.stderr)
 
@@ -278,8 +294,19 @@ def main():
         medians = {m: {c: statistics.median(v) for c, v in cs.items() if None not in v}
                    for m, cs in samples.items()}
         new_layer = infos[1]["sizes"][2]
-        lines = [f"Image: 3 gzip layers, compressed sizes {infos[0]['sizes']} bytes; the second "
-                 f"image's new top layer is {new_layer} bytes. Medians of {args.reps} reps.", "",
+        loads = [float(x.split()[0]) for x in LOADS]
+        lines = [f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} "
+                 f"CPUs, strata `{args.strata}`, `{skopeo_version()}`. The machine was shared "
+                 "with other users building and testing: 1-minute load average before the timed "
+                 f"runs {min(loads):.2f} to {max(loads):.2f} (median "
+                 f"{statistics.median(loads):.2f}); load at start {LOADS[0]}, at end {loadavg()}.",
+                 "",
+                 f"Image: 3 gzip layers, {args.mb} MB uncompressed in all (host /usr files, "
+                 f"pseudo-random files, a small top layer), compressed sizes {infos[0]['sizes']} "
+                 f"bytes; the second image's new top layer is {new_layer} bytes. Medians of "
+                 f"{args.reps} reps (every sample in results.json). strata's pull verifies and "
+                 "unpacks every layer into its store; skopeo's copy to an OCI directory only "
+                 "writes the blobs.", "",
                  "| measurement | strata | skopeo copy | strata / skopeo | target |",
                  "|---|---|---|---|---|"]
         for m in names:
@@ -298,7 +325,7 @@ def main():
         with open(os.path.join(args.out, "results.md"), "w") as f:
             f.write(md)
         with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump({"samples": samples, "medians": medians, "images": infos,
+            json.dump({"samples": samples, "medians": medians, "images": infos, "loadavg": LOADS,
                        "reps": args.reps, "mb": args.mb}, f, indent=1)
         chart(args.out, medians, names)
         print(md)

@@ -75,6 +75,14 @@ for name in "${layouts[@]}"; do
   ((status == 0)) || { test_status=$status; echo "layout $name FAILED (exit $status)"; }
 done
 
+# The soak and stress suite at small sizes (scripts/stress.sh --quick: well under 2 minutes).
+banner "stress: scripts/stress.sh --quick"
+set +e
+scripts/stress.sh --quick 2>&1 | tee -a "$log"
+status=${PIPESTATUS[0]}
+set -e
+((status == 0)) || { test_status=$status; echo "stress --quick FAILED (exit $status)"; }
+
 fuzz_status=0
 if command -v cargo-fuzz >/dev/null 2>&1; then
   # The parsers of outside input: mount options, image layer tars, image references, registry

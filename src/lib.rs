@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 
 pub mod build;
+pub mod format;
 pub mod fuse;
 pub mod image;
 pub mod launcher;

@@ -332,12 +332,10 @@ fn filesystem(
         }
     );
     let has_upper = union.has_upper();
-    let ttl = req.options.timeout.unwrap_or(if has_upper {
-        Duration::from_secs(86400)
-    } else {
-        // Nothing can change a lower-only union: let the kernel cache it for good.
-        Duration::from_secs(86400)
-    });
+    // Every change to the merged view goes through this daemon (layers must not change under
+    // a mount, as with kernel overlayfs), so the kernel may cache entries and attributes for
+    // good, with or without an upper.
+    let ttl = req.options.timeout.unwrap_or(Duration::from_secs(86400));
     let fs = StrataFs::new(union, ttl, sys::is_root(), o.ids.clone()).tune(o);
     Ok((fs, fuse_config(req, has_upper)))
 }

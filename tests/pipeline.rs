@@ -635,6 +635,49 @@ impl Drop for Registry {
     }
 }
 
+/// A step image the store lacks is pulled, through --registry-map, from a real registry on
+/// loopback (where strata pushed it first), and the step runs on it.
+#[test]
+fn step_image_pulled_through_registry_map() {
+    let Some(env) = Env::new() else { return };
+    let Some(reg) = Registry::start() else {
+        return skip("no registry server (docker-registry) to pull from");
+    };
+    let conf = env.dir.path().join("registries.conf");
+    let loc = format!("127.0.0.1:{}", reg.port);
+    fs::write(
+        &conf,
+        format!("[[registry]]\nlocation = \"{loc}\"\ninsecure = true\n"),
+    )
+    .unwrap();
+    let pushed = env
+        .strata()
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .args(["push", "-q", "busybox", &format!("{loc}/local/tool:1")])
+        .output()
+        .unwrap();
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let before = env.strata_ok(&["image", "ls"]);
+    assert!(!before.contains("gcr.io/local/tool"), "{before}");
+    let config = "steps:\n- name: gcr.io/$PROJECT_ID/tool:1\n  entrypoint: sh\n  args: ['-c', 'echo pulled > out']\n";
+    let map = format!("gcr.io={loc}");
+    let (mut c, dir) = env.command(config, &["--registry-map", &map]);
+    let out = c.env("CONTAINERS_REGISTRIES_CONF", &conf).output().unwrap();
+    let r = Run { out, dir };
+    r.assert_ok();
+    assert_eq!(r.read("out"), "pulled\n");
+    let images = env.strata_ok(&["image", "ls"]);
+    assert!(
+        images.contains("gcr.io/local/tool"),
+        "not in the store under the step's name: {images}"
+    );
+    env.assert_clean();
+}
+
 /// Section 3: build and tag the quickstart image, push it through --registry-map to a real
 /// registry on loopback; the summary names the digest.
 #[test]

@@ -1558,3 +1558,370 @@ fn multi_platform_index_pull_picks_the_platform() {
         "{e}"
     );
 }
+
+// ---- hostile registries (issue 18): a small misbehaving HTTP server of the test's own ----
+
+/// What the hostile server answers for one path.
+enum Reply {
+    Ok {
+        ctype: &'static str,
+        body: Vec<u8>,
+    },
+    /// A chunked body that never ends: `prefix`, then `fill` bytes until the client hangs up.
+    Endless {
+        ctype: &'static str,
+        prefix: Vec<u8>,
+        fill: u8,
+    },
+    Redirect(String),
+    NotFound,
+}
+
+type Handler = dyn Fn(&str) -> Reply + Send + Sync;
+
+/// A plain-HTTP registry on 127.0.0.1 that answers `GET /v2/` with 200 and every other path
+/// through `handler`; one thread per connection, `Connection: close`. Stopped (accept loop
+/// and every connection, endless bodies included) on Drop.
+struct Hostile {
+    host: String,
+    stop: std::sync::Arc<AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Hostile {
+    fn start(handler: Box<Handler>) -> Hostile {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let handler: std::sync::Arc<Handler> = handler.into();
+        let st = stop.clone();
+        let accept = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            for s in listener.incoming().flatten() {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (h, st) = (handler.clone(), st.clone());
+                conns.push(std::thread::spawn(move || serve_hostile(s, &*h, &st)));
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        Hostile {
+            host,
+            stop,
+            accept: Some(accept),
+        }
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the accept loop, which then sees the flag.
+        let _ = TcpStream::connect(&self.host);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_hostile(mut s: TcpStream, handler: &Handler, stop: &AtomicBool) {
+    use std::io::Read;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut req = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => req.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+        // Not HTTP (the client trying TLS first): hang up so it falls back to plain HTTP.
+        if !req[0].is_ascii_uppercase() {
+            return;
+        }
+    }
+    let line = String::from_utf8_lossy(&req);
+    let path = line.split(' ').nth(1).unwrap_or("").to_owned();
+    let reply = match path.as_str() {
+        "/v2/" => Reply::Ok {
+            ctype: "application/json",
+            body: b"{}".to_vec(),
+        },
+        p => handler(p),
+    };
+    let head = |status: &str, extra: &str| {
+        format!("HTTP/1.1 {status}\r\nConnection: close\r\n{extra}\r\n").into_bytes()
+    };
+    let _ = match reply {
+        Reply::Ok { ctype, body } => {
+            let h = format!(
+                "Content-Type: {ctype}\r\nContent-Length: {}\r\n",
+                body.len()
+            );
+            s.write_all(&[head("200 OK", &h), body].concat())
+        }
+        Reply::Redirect(to) => s.write_all(&head(
+            "307 Temporary Redirect",
+            &format!("Location: {to}\r\nContent-Length: 0\r\n"),
+        )),
+        Reply::NotFound => s.write_all(&head("404 Not Found", "Content-Length: 0\r\n")),
+        Reply::Endless {
+            ctype,
+            prefix,
+            fill,
+        } => endless(
+            &mut s,
+            &head(
+                "200 OK",
+                &format!("Content-Type: {ctype}\r\nTransfer-Encoding: chunked\r\n"),
+            ),
+            &prefix,
+            fill,
+            stop,
+        ),
+    };
+}
+
+/// Writes the head, then chunks forever: until the client hangs up or the server stops.
+fn endless(
+    s: &mut TcpStream,
+    head: &[u8],
+    prefix: &[u8],
+    fill: u8,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    let chunk = |data: &[u8]| [format!("{:x}\r\n", data.len()).as_bytes(), data, b"\r\n"].concat();
+    s.write_all(head)?;
+    if !prefix.is_empty() {
+        s.write_all(&chunk(prefix))?;
+    }
+    let filler = chunk(&vec![fill; 64 << 10]);
+    while !stop.load(Ordering::Relaxed) {
+        s.write_all(&filler)?;
+    }
+    Ok(())
+}
+
+/// A two-layer image in an OCI layout; (layout dir, manifest bytes, manifest digest,
+/// config digest, layer digests).
+struct Served {
+    dir: tempfile::TempDir,
+    manifest: Vec<u8>,
+    digest: String,
+    config: String,
+    layers: Vec<String>,
+}
+
+impl Served {
+    fn new() -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let desc = put_image(
+            dir.path(),
+            &[base_layer(), motd("served by a hostile registry\n")],
+            "amd64",
+        );
+        let digest = desc["digest"].as_str().unwrap().to_owned();
+        let manifest = fs::read(dir.path().join("blobs/sha256").join(&digest[7..])).unwrap();
+        let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        let layers = m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_owned())
+            .collect();
+        Served {
+            config: m["config"]["digest"].as_str().unwrap().to_owned(),
+            dir,
+            manifest,
+            digest,
+            layers,
+        }
+    }
+
+    /// The honest answer for `path` (`/v2/h/app/manifests/REF` or `/v2/h/app/blobs/D`).
+    fn answer(&self, path: &str) -> Reply {
+        if path.starts_with("/v2/h/app/manifests/") {
+            return Reply::Ok {
+                ctype: "application/vnd.oci.image.manifest.v1+json",
+                body: self.manifest.clone(),
+            };
+        }
+        let Some(d) = path.strip_prefix("/v2/h/app/blobs/sha256:") else {
+            return Reply::NotFound;
+        };
+        match fs::read(self.dir.path().join("blobs/sha256").join(d)) {
+            Ok(body) => Reply::Ok {
+                ctype: "application/octet-stream",
+                body,
+            },
+            Err(_) => Reply::NotFound,
+        }
+    }
+}
+
+/// Serves `served`, except for paths `tamper` answers (Some).
+fn hostile(
+    served: Served,
+    tamper: impl Fn(&Served, &str) -> Option<Reply> + Send + Sync + 'static,
+) -> Hostile {
+    Hostile::start(Box::new(move |p| {
+        tamper(&served, p).unwrap_or_else(|| served.answer(p))
+    }))
+}
+
+/// The pull fails with one line naming each of `needles`, and nothing is left in the store:
+/// no image, no layer, no blob, no unverified partial download.
+fn refused_and_nothing_stored(side: &Side, reference: &str, needles: &[&str]) -> String {
+    let o = side.run(&["pull", "-q", reference]);
+    assert!(!o.status.success(), "pull {reference} should fail");
+    let err = String::from_utf8_lossy(&o.stderr).trim().to_owned();
+    assert_eq!(err.lines().count(), 1, "a one-line error: {err}");
+    assert!(err.starts_with("strata: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "the error names {n}: {err}");
+    }
+    let count = |d: &str| fs::read_dir(side.root().join(d)).map_or(0, |d| d.count());
+    assert_eq!(count("layers"), 0, "no layer reached the store: {err}");
+    assert_eq!(count("blobs/sha256"), 0, "no blob reached the store: {err}");
+    // partial/ may keep a layer that came whole and verified (a rerun needs it), nothing else.
+    for f in fs::read_dir(side.root().join("partial"))
+        .into_iter()
+        .flatten()
+    {
+        let f = f.unwrap();
+        let name = f.file_name().to_string_lossy().into_owned();
+        let data = fs::read(f.path()).unwrap();
+        assert_eq!(
+            sha(&data),
+            format!("sha256:{name}"),
+            "partial/{name} kept: {err}"
+        );
+    }
+    assert!(!side.image_names().contains("h/app"), "{err}");
+    err
+}
+
+fn hostile_side(h: &Hostile) -> Side {
+    Side::with_conf(&format!(
+        "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
+        h.host
+    ))
+}
+
+#[test]
+fn hostile_registry_serving_another_digest_is_refused() {
+    // The manifest asked for by digest, answered with another (valid) manifest.
+    let other = Served::new();
+    let other_manifest = [other.manifest.clone(), b"\n".to_vec()].concat();
+    let served = Served::new();
+    let want = served.digest.clone();
+    let h = hostile(served, move |_, p| {
+        p.contains("/manifests/").then(|| Reply::Ok {
+            ctype: "application/vnd.oci.image.manifest.v1+json",
+            body: other_manifest.clone(),
+        })
+    });
+    let side = hostile_side(&h);
+    let reference = format!("{}/h/app@{want}", h.host);
+    refused_and_nothing_stored(&side, &reference, &[&want]);
+    drop(h);
+
+    // A layer blob and the config blob answered with other bytes.
+    for which in ["layer", "config"] {
+        let served = Served::new();
+        let bad = if which == "layer" {
+            served.layers[1].clone()
+        } else {
+            served.config.clone()
+        };
+        let (_, gz) = layer(&motd("not what was asked for\n"));
+        let b = bad.clone();
+        let h = hostile(served, move |_, p| {
+            p.ends_with(&b).then(|| Reply::Ok {
+                ctype: "application/octet-stream",
+                body: gz.clone(),
+            })
+        });
+        let side = hostile_side(&h);
+        let reference = format!("{}/h/app:1", h.host);
+        refused_and_nothing_stored(&side, &reference, &[&bad]);
+    }
+}
+
+#[test]
+fn hostile_registry_endless_bodies_are_cut() {
+    // A manifest that never ends: cut at strata's manifest size cap.
+    let h = hostile(Served::new(), |_, p| {
+        p.contains("/manifests/").then(|| Reply::Endless {
+            ctype: "application/vnd.oci.image.manifest.v1+json",
+            prefix: br#"{"schemaVersion":2,"annotations":{"a":""#.to_vec(),
+            fill: b'a',
+        })
+    });
+    let side = hostile_side(&h);
+    let e = refused_and_nothing_stored(&side, &format!("{}/h/app:1", h.host), &["manifest"]);
+    assert!(e.contains("limit") || e.contains("too large"), "{e}");
+    drop(h);
+
+    // A layer blob whose honest bytes go on forever: cut at the descriptor's size.
+    let served = Served::new();
+    let big = served.layers[0].clone();
+    let honest = fs::read(served.dir.path().join("blobs/sha256").join(&big[7..])).unwrap();
+    let b = big.clone();
+    let h = hostile(served, move |_, p| {
+        p.ends_with(&b).then(|| Reply::Endless {
+            ctype: "application/octet-stream",
+            prefix: honest.clone(),
+            fill: 0,
+        })
+    });
+    let side = hostile_side(&h);
+    refused_and_nothing_stored(&side, &format!("{}/h/app:1", h.host), &[&big]);
+}
+
+#[test]
+fn hostile_registry_redirect_to_a_file_url_is_refused() {
+    for what in ["/manifests/", "/blobs/"] {
+        let h = hostile(Served::new(), move |_, p| {
+            p.contains(what)
+                .then(|| Reply::Redirect("file:///etc/passwd".to_owned()))
+        });
+        let side = hostile_side(&h);
+        let e = refused_and_nothing_stored(&side, &format!("{}/h/app:1", h.host), &["file:"]);
+        assert!(
+            !e.contains("root:x:0:0"),
+            "nothing of the file is read: {e}"
+        );
+    }
+}
+
+#[test]
+fn image_rm_and_prune_clean_partial_downloads_not_locked_ones() {
+    let side = Side::with_conf("");
+    make_image(&side, "app:1", "partial\n");
+    make_image(&side, "app:2", "partial 2\n");
+    let dir = side.root().join("partial");
+    fs::create_dir_all(&dir).unwrap();
+    // An interrupted download's leftovers, and one a running pull holds (its flock).
+    let (stale, held) = (dir.join("a".repeat(64)), dir.join("b".repeat(64)));
+    fs::write(&stale, b"half a blob").unwrap();
+    fs::write(&held, b"being written").unwrap();
+    let lock = fs::File::options().write(true).open(&held).unwrap();
+    lock.lock().unwrap();
+    let out = side.ok(&["image", "rm", "app:1"]);
+    assert!(out.contains("1 partial downloads"), "{out}");
+    assert!(!stale.exists(), "the stale partial download is removed");
+    assert!(held.exists(), "a locked one is left to its pull");
+    drop(lock);
+    let out = side.ok(&["image", "rm", "app:2"]);
+    assert!(out.contains("1 partial downloads"), "{out}");
+    assert!(!held.exists(), "removed once its pull let go");
+    fs::write(&stale, b"again").unwrap();
+    let out = side.ok(&["image", "prune"]);
+    assert!(
+        out.contains("1 partial downloads") && !stale.exists(),
+        "{out}"
+    );
+}

@@ -29,10 +29,17 @@ pub enum Resolve {
 
 pub enum Src {
     Dir,
-    File { dir: Rc<OwnedFd>, name: Vec<u8> },
+    File {
+        dir: Rc<OwnedFd>,
+        name: Vec<u8>,
+    },
     Opened(Rc<File>),
     Link(Vec<u8>),
     Bytes(Vec<u8>),
+    /// A file ADD downloaded (never extracted).
+    Fetched(Rc<File>),
+    /// A hard link to the entry at this path below the same source (copied before it).
+    Hardlink(Vec<u8>),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -128,7 +135,12 @@ pub fn gather(
             meta: meta(&st),
             xattrs: Vec::new(),
         }];
-        walk(Rc::new(fd), b"", &ctx_rel, ignore, &mut entries)?;
+        let mut walker = Walk {
+            ignore,
+            links: HashMap::new(),
+            out: &mut entries,
+        };
+        walker.walk(Rc::new(fd), b"", &ctx_rel)?;
         return Ok(Source {
             name,
             is_dir: true,
@@ -161,55 +173,73 @@ fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
     }
 }
 
-fn walk(
-    dir: Rc<OwnedFd>,
-    rel: &[u8],
-    ctx: &[u8],
-    ignore: Option<&Ignore>,
-    out: &mut Vec<Entry>,
-) -> io::Result<()> {
-    let mut names: Vec<Vec<u8>> = Vec::new();
-    sys::read_dir(dir.as_fd(), |e| {
-        names.push(e.name.to_vec());
-        Ok(())
-    })?;
-    names.sort();
-    for name in names {
-        let n = OsStr::from_bytes(&name);
-        let st = sys::stat_at(dir.as_fd(), n)?;
-        let (r, c) = (join(rel, &name), join(ctx, &name));
-        let excluded = ignore.is_some_and(|i| i.excluded(&c));
-        let fmt = st.st_mode & libc::S_IFMT;
-        if excluded && (fmt != libc::S_IFDIR || !ignore.is_some_and(Ignore::has_exceptions)) {
-            continue;
-        }
-        let src = match fmt {
-            libc::S_IFDIR => Src::Dir,
-            libc::S_IFREG => Src::File {
-                dir: dir.clone(),
-                name: name.clone(),
-            },
-            libc::S_IFLNK => Src::Link(sys::readlink_at(dir.as_fd(), n)?),
-            // Sockets, fifos and devices have no place in a build context.
-            _ => continue,
-        };
-        out.push(Entry {
-            rel: r.clone(),
-            src,
-            meta: meta(&st),
-            xattrs: xattrs(dir.as_fd(), n),
-        });
-        if fmt == libc::S_IFDIR {
-            let before = out.len();
-            let sub = Rc::new(sys::open_path_at(dir.as_fd(), n)?);
-            walk(sub, &r, &c, ignore, out)?;
-            // An excluded directory stays only for what an exception brought back in it.
-            if excluded && out.len() == before {
-                out.pop();
+/// A directory source's walk; hard links within it are kept as links (as docker does).
+struct Walk<'i, 'o> {
+    ignore: Option<&'i Ignore>,
+    /// (device, inode) of files with several links -> the first one's path.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    out: &'o mut Vec<Entry>,
+}
+
+impl Walk<'_, '_> {
+    fn walk(&mut self, dir: Rc<OwnedFd>, rel: &[u8], ctx: &[u8]) -> io::Result<()> {
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        sys::read_dir(dir.as_fd(), |e| {
+            names.push(e.name.to_vec());
+            Ok(())
+        })?;
+        names.sort();
+        let ignore = self.ignore;
+        for name in names {
+            let n = OsStr::from_bytes(&name);
+            let st = sys::stat_at(dir.as_fd(), n)?;
+            let (r, c) = (join(rel, &name), join(ctx, &name));
+            let excluded = ignore.is_some_and(|i| i.excluded(&c));
+            let fmt = st.st_mode & libc::S_IFMT;
+            if excluded && (fmt != libc::S_IFDIR || !ignore.is_some_and(Ignore::has_exceptions)) {
+                continue;
+            }
+            let src = match fmt {
+                libc::S_IFDIR => Src::Dir,
+                libc::S_IFREG if st.st_nlink > 1 => {
+                    let id = (st.st_dev as u64, st.st_ino as u64);
+                    match self.links.get(&id) {
+                        Some(first) => Src::Hardlink(first.clone()),
+                        None => {
+                            self.links.insert(id, r.clone());
+                            Src::File {
+                                dir: dir.clone(),
+                                name: name.clone(),
+                            }
+                        }
+                    }
+                }
+                libc::S_IFREG => Src::File {
+                    dir: dir.clone(),
+                    name: name.clone(),
+                },
+                libc::S_IFLNK => Src::Link(sys::readlink_at(dir.as_fd(), n)?),
+                // Sockets, fifos and devices have no place in a build context.
+                _ => continue,
+            };
+            self.out.push(Entry {
+                rel: r.clone(),
+                src,
+                meta: meta(&st),
+                xattrs: xattrs(dir.as_fd(), n),
+            });
+            if fmt == libc::S_IFDIR {
+                let before = self.out.len();
+                let sub = Rc::new(sys::open_path_at(dir.as_fd(), n)?);
+                self.walk(sub, &r, &c)?;
+                // An excluded directory stays only for what an exception brought back in it.
+                if excluded && self.out.len() == before {
+                    self.out.pop();
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 fn reader(src: &Src) -> io::Result<Option<Box<dyn Read + '_>>> {
@@ -219,7 +249,7 @@ fn reader(src: &Src) -> io::Result<Option<Box<dyn Read + '_>>> {
             OsStr::from_bytes(name),
             libc::O_RDONLY,
         )?)),
-        Src::Opened(f) => {
+        Src::Opened(f) | Src::Fetched(f) => {
             let mut f = f.try_clone()?;
             io::Seek::rewind(&mut f)?;
             Some(Box::new(f))
@@ -239,6 +269,7 @@ pub fn checksum(sources: &[Source]) -> io::Result<Vec<u8>> {
             let kind: u8 = match e.src {
                 Src::Dir => b'd',
                 Src::Link(_) => b'l',
+                Src::Hardlink(_) => b'h',
                 _ => b'f',
             };
             h.update([kind]);
@@ -247,7 +278,7 @@ pub fn checksum(sources: &[Source]) -> io::Result<Vec<u8>> {
             h.update(e.meta.mode.to_le_bytes());
             h.update(e.meta.uid.to_le_bytes());
             h.update(e.meta.gid.to_le_bytes());
-            if let Src::Link(t) = &e.src {
+            if let Src::Link(t) | Src::Hardlink(t) = &e.src {
                 h.update((t.len() as u64).to_le_bytes());
                 h.update(t);
             }
@@ -298,6 +329,9 @@ pub struct Writer<'a> {
     /// Who new files belong to unless changed, and the mode bits the umask takes away.
     me: (u32, u32),
     umask: u32,
+    /// During one source's copy: directories it created, so their entries (unique names)
+    /// need no lookup for what is there already: one FUSE round trip less per file.
+    fresh: Option<std::collections::HashSet<Vec<u8>>>,
 }
 
 /// The process's umask, read without changing it (other threads create files meanwhile).
@@ -335,6 +369,7 @@ impl<'a> Writer<'a> {
                 rustix::process::getegid().as_raw(),
             ),
             umask: current_umask(),
+            fresh: None,
         }
     }
 
@@ -368,9 +403,14 @@ impl<'a> Writer<'a> {
         }
         let xs = self.xattrs.remove(path);
         let (me, umask) = (self.me, self.umask);
+        let new_dir = matches!(what, What::Dir).then(|| join(&parent, &name));
+        let known_empty = self.fresh.as_ref().is_some_and(|f| f.contains(&parent));
         let dir = self.parent(&parent)?;
         let n = OsStr::from_bytes(&name);
-        let existing = sys::stat_at(dir, n).ok().map(|s| s.st_mode & libc::S_IFMT);
+        let existing = match known_empty {
+            true => None,
+            false => sys::stat_at(dir, n).ok().map(|s| s.st_mode & libc::S_IFMT),
+        };
         match (&what, existing) {
             (What::Dir, Some(libc::S_IFDIR)) => {
                 // An existing directory keeps its metadata unless the flags say otherwise.
@@ -421,12 +461,38 @@ impl<'a> Writer<'a> {
                 let _ = sys::set_xattr(dir, n, k, v, 0);
             }
         }
-        sys::utimens_at(dir, n, SetTime::Omit, SetTime::At(mtime, 0))
+        sys::utimens_at(dir, n, SetTime::Omit, SetTime::At(mtime, 0))?;
+        if let (Some(f), Some(d)) = (self.fresh.as_mut(), new_dir) {
+            f.insert(d);
+        }
+        Ok(())
+    }
+
+    /// A hard link at `path` to `existing` (written before it by this copy).
+    fn link(&mut self, existing: &[u8], path: &[u8]) -> io::Result<()> {
+        let (from_parent, from) = split_last(existing);
+        let (parent, name) = split_last(path);
+        let from_dir = sys::open_in_root(self.root, &from_parent)?;
+        let dir = self.parent(&parent)?;
+        let n = OsStr::from_bytes(&name);
+        match sys::stat_at(dir, n).ok().map(|s| s.st_mode & libc::S_IFMT) {
+            Some(libc::S_IFDIR) => crate::image::fsutil::remove_tree(dir, n)?,
+            Some(_) => sys::unlink_at(dir, n, false)?,
+            None => {}
+        }
+        sys::link_at(from_dir.as_fd(), OsStr::from_bytes(&from), dir, n)
     }
 
     /// Copies a source to `dest` (a directory when `into_dir`); a directory's contents go
     /// into `dest`.
     pub fn copy(&mut self, s: &Source, dest: &[u8], into_dir: bool) -> io::Result<()> {
+        self.fresh = Some(Default::default());
+        let r = self.copy_source(s, dest, into_dir);
+        self.fresh = None;
+        r
+    }
+
+    fn copy_source(&mut self, s: &Source, dest: &[u8], into_dir: bool) -> io::Result<()> {
         let base = if s.is_dir || !into_dir {
             dest.to_vec()
         } else {
@@ -458,6 +524,7 @@ impl<'a> Writer<'a> {
             match &e.src {
                 Src::Dir => self.put(&target, What::Dir, &e.meta)?,
                 Src::Link(t) => self.put(&target, What::Link(t), &e.meta)?,
+                Src::Hardlink(first) => self.link(&join(&base, first), &target)?,
                 src => {
                     let mut r =
                         reader(src)?.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -575,6 +642,46 @@ mod tests {
         std::fs::remove_file(src.join("l")).unwrap();
         std::os::unix::fs::symlink("elsewhere", src.join("l")).unwrap();
         assert_ne!(sum(d.path()), mode);
+    }
+
+    #[test]
+    fn hard_links_in_a_source_stay_links() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("s")).unwrap();
+        std::fs::write(src.join("a"), b"x").unwrap();
+        std::fs::hard_link(src.join("a"), src.join("s/b")).unwrap();
+        std::fs::write(src.join("c"), b"x").unwrap();
+        let fd = sys::open_root(d.path()).unwrap();
+        let g = gather(fd.as_fd(), b"src", Resolve::Beneath, None).unwrap();
+        let kinds: Vec<(String, Option<Vec<u8>>)> = g
+            .entries
+            .iter()
+            .map(|e| {
+                let link = match &e.src {
+                    Src::Hardlink(t) => Some(t.clone()),
+                    _ => None,
+                };
+                (String::from_utf8_lossy(&e.rel).into_owned(), link)
+            })
+            .collect();
+        let want = [
+            ("", None),
+            ("a", None),
+            ("c", None),
+            ("s", None),
+            ("s/b", Some(b"a".to_vec())),
+        ];
+        let want: Vec<_> = want
+            .iter()
+            .map(|(r, l)| ((*r).to_owned(), l.clone()))
+            .collect();
+        assert_eq!(kinds, want);
+        let linked = checksum(&[g]).unwrap();
+        std::fs::remove_file(src.join("s/b")).unwrap();
+        std::fs::write(src.join("s/b"), b"x").unwrap();
+        let g = gather(fd.as_fd(), b"src", Resolve::Beneath, None).unwrap();
+        assert_ne!(checksum(&[g]).unwrap(), linked, "a link and a copy differ");
     }
 
     #[test]

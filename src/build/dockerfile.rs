@@ -162,11 +162,19 @@ pub fn parse(src: &str) -> Result<Dockerfile, ParseError> {
     })
 }
 
+/// How much of the offending text an error shows (a hostile line may be megabytes).
+const SHOWN: usize = 200;
+
 fn err(line: usize, msg: impl Into<String>, text: &str) -> ParseError {
+    let t = text.trim();
+    let text = match t.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}...", &t[..cut]),
+        None => t.to_owned(),
+    };
     ParseError {
         line,
         msg: msg.into(),
-        text: text.trim().to_owned(),
+        text,
     }
 }
 

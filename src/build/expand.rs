@@ -16,7 +16,12 @@ pub enum ExpandError {
     Modifier(char, String),
     #[error("{0}: {1}")]
     Required(String, String),
+    #[error("substitutions nested more than {MAX_DEPTH} deep")]
+    Deep,
 }
+
+/// Nesting of `${V:-${W:-..}}` allowed: each level is a frame on the stack.
+pub const MAX_DEPTH: usize = 64;
 
 /// Where variables come from.
 pub trait Vars {
@@ -30,7 +35,9 @@ impl<F: Fn(&str) -> Option<String>> Vars for F {
 }
 
 struct Lexer<'a> {
-    src: Vec<char>,
+    /// Shared by the nested lexers of `${V:-word}`.
+    src: std::rc::Rc<[char]>,
+    depth: usize,
     pos: usize,
     esc: char,
     vars: &'a dyn Vars,
@@ -212,8 +219,12 @@ impl Lexer<'_> {
 
     /// The word of a modifier, up to the closing brace, itself expanded (never split).
     fn sub_word(&mut self) -> Result<String, ExpandError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(ExpandError::Deep);
+        }
         let mut inner = Lexer {
             src: self.src.clone(),
+            depth: self.depth + 1,
             pos: self.pos,
             esc: self.esc,
             vars: self.vars,
@@ -233,6 +244,7 @@ impl Lexer<'_> {
 fn lexer<'a>(s: &str, esc: char, vars: &'a dyn Vars, split: bool) -> Lexer<'a> {
     Lexer {
         src: s.chars().collect(),
+        depth: 0,
         pos: 0,
         esc,
         vars,

@@ -8,6 +8,7 @@ mod config;
 pub mod copy;
 pub mod dockerfile;
 pub mod expand;
+mod fetch;
 pub mod ignore;
 pub mod plan;
 mod stage;

@@ -263,3 +263,69 @@ fn instructions_and_errors() {
         assert!(e.to_string().starts_with(&format!("Dockerfile:{line}: ")));
     }
 }
+
+/// Hostile Dockerfiles (issue 18) parse in bounded time and memory: linear in their size,
+/// with no recursion the input controls. Each case must finish and give the right answer.
+#[test]
+fn hostile_dockerfiles_are_bounded() {
+    // 100k instructions.
+    let mut big = String::from("FROM scratch\n");
+    for i in 0..100_000 {
+        big.push_str(&format!("RUN echo {i}\n"));
+    }
+    let df = parse(&big).unwrap();
+    assert_eq!(df.instructions.len(), 100_001);
+    // One instruction continued over 100k lines (about 1 MB), with comments in between.
+    let mut cont = String::from("FROM scratch\nRUN echo \\\n");
+    for _ in 0..100_000 {
+        cont.push_str("  word \\\n# a comment\n");
+    }
+    cont.push_str("  end\n");
+    let df = parse(&cont).unwrap();
+    assert_eq!(df.instructions.len(), 2);
+    match &df.instructions[1].kind {
+        Kind::Run {
+            cmd: Command::Shell(s),
+            ..
+        } => assert!(s.ends_with("end") && s.matches("word").count() == 100_000),
+        other => panic!("{other:?}"),
+    }
+    // A megabyte-long bad line: one error, its text cut short.
+    let bad = format!("FROM scratch\nNOPE {}\n", "x".repeat(1 << 20));
+    let e = parse(&bad).unwrap_err().to_string();
+    assert!(e.starts_with("Dockerfile:2: "), "{}", &e[..80]);
+    assert!(e.len() < 400, "{}", e.len());
+    // JSON nested 100k deep is no exec form (serde_json stops at its depth limit): shell form.
+    let deep = format!(
+        "FROM scratch\nCMD {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let df = parse(&deep).unwrap();
+    assert!(matches!(
+        df.instructions[1].kind,
+        Kind::Cmd(Command::Shell(_))
+    ));
+    // An unterminated heredoc at the end of 100k lines.
+    let here = format!("FROM scratch\nRUN <<EOF\n{}", "line\n".repeat(100_000));
+    assert!(
+        parse(&here)
+            .unwrap_err()
+            .to_string()
+            .contains("not terminated")
+    );
+}
+
+#[test]
+fn deeply_nested_substitutions_are_refused_not_recursed() {
+    let nest = |n: usize| format!("{}x{}", "${A:-".repeat(n), "}".repeat(n));
+    let ok = expand::word(&nest(expand::MAX_DEPTH), '\\', &env).unwrap();
+    assert_eq!(ok, "x");
+    for n in [expand::MAX_DEPTH + 1, 100_000] {
+        let e = expand::word(&nest(n), '\\', &env).unwrap_err();
+        assert!(matches!(e, expand::ExpandError::Deep), "{n}: {e}");
+    }
+    // Long but flat: fine.
+    let flat = "$PWD".repeat(100_000);
+    assert_eq!(expand::word(&flat, '\\', &env).unwrap().len(), 500_000);
+}

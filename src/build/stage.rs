@@ -110,15 +110,7 @@ impl<'a> Builder<'a> {
             }
             Err(_) => Ignore::default(),
         };
-        // Rootless builds need the user-namespace setup `strata run` has: not done yet, so
-        // say so up front rather than fail at the first chown.
-        if !crate::sys::is_root() {
-            return Err(at(
-                0,
-                "strata build needs root for now (rootless builds are not done yet)",
-            ));
-        }
-        workspace::private_mount_namespace()?;
+        workspace::isolate()?;
         Ok(Builder {
             store,
             opts,

@@ -187,13 +187,27 @@ fn source_error(line: usize, kw: &str, src: &str, e: &io::Error) -> super::Build
 }
 
 /// Sources from the context (`.dockerignore` applies, nothing may lead out of it).
-fn context_sources(b: &Builder<'_>, kw: &str, line: usize, srcs: &[String]) -> Result<Vec<Source>> {
+/// ADD also takes URLs: fetched here, `checksum` (`--checksum=sha256:..`) checked.
+fn context_sources(
+    b: &Builder<'_>,
+    kw: &str,
+    line: usize,
+    srcs: &[String],
+    checksum: Option<&str>,
+) -> Result<Vec<Source>> {
     let mut out = Vec::new();
     for s in srcs {
-        if s.starts_with("http://") || s.starts_with("https://") || s.starts_with("git@") {
+        if super::fetch::is_url(s) && kw == "ADD" {
+            let mtime = b.opts.source_date_epoch.unwrap_or_else(now);
+            let src = super::fetch::fetch(b.store, s, checksum, mtime)
+                .map_err(|why| at(line, format!("{kw} {s}: {why}")))?;
+            out.push(src);
+            continue;
+        }
+        if super::fetch::is_url(s) || s.starts_with("git@") {
             return Err(at(
                 line,
-                format!("{kw} {s}: URL sources are not supported yet (no network during builds)"),
+                format!("{kw} {s}: URL sources are taken only by ADD (and git ones not at all)"),
             ));
         }
         if !inside(s) {
@@ -227,12 +241,16 @@ fn context_sources(b: &Builder<'_>, kw: &str, line: usize, srcs: &[String]) -> R
     Ok(out)
 }
 
-fn parse_flags(
-    ins: &Instruction,
-    c: &Copy,
-    ex: &dyn Fn(&str) -> Result<String>,
-) -> Result<(Option<String>, Option<String>, Option<u32>)> {
-    let (mut from, mut chown, mut chmod) = (None, None, None);
+/// COPY/ADD flags: --from, --chown, --chmod, ADD's --checksum.
+struct Flags {
+    from: Option<String>,
+    chown: Option<String>,
+    chmod: Option<u32>,
+    checksum: Option<String>,
+}
+
+fn parse_flags(ins: &Instruction, c: &Copy, ex: &dyn Fn(&str) -> Result<String>) -> Result<Flags> {
+    let (mut from, mut chown, mut chmod, mut checksum) = (None, None, None, None);
     for f in &c.flags {
         let v = f.value.as_deref().unwrap_or("");
         match f.name.as_str() {
@@ -249,6 +267,7 @@ fn parse_flags(
             }
             // Layers are always independent of what is below here: --link changes nothing.
             "link" => {}
+            "checksum" if ins.kind.keyword() == "ADD" => checksum = Some(ex(v)?),
             other => {
                 return Err(at(
                     ins.line,
@@ -257,7 +276,12 @@ fn parse_flags(
             }
         }
     }
-    Ok((from, chown, chmod))
+    Ok(Flags {
+        from,
+        chown,
+        chmod,
+        checksum,
+    })
 }
 
 /// Everything a COPY/ADD needs, read before the step so its checksum can be part of the key.
@@ -273,7 +297,12 @@ pub fn copy_job(
     let kw = ins.kind.keyword();
     let line = ins.line;
     let _ = esc;
-    let (from, chown, chmod) = parse_flags(ins, c, ex)?;
+    let Flags {
+        from,
+        chown,
+        chmod,
+        checksum,
+    } = parse_flags(ins, c, ex)?;
     let mut args = c.args.iter().map(|a| ex(a)).collect::<Result<Vec<_>>>()?;
     let dest = args
         .pop()
@@ -285,7 +314,10 @@ pub fn copy_job(
         format!("{}/{dest}", workdir.trim_end_matches('/'))
     };
     let (mut sources, from_ws) = match &from {
-        None => (context_sources(b, kw, line, &args)?, None),
+        None => (
+            context_sources(b, kw, line, &args, checksum.as_deref())?,
+            None,
+        ),
         Some(r) => b.stage_sources(kw, line, r, &args)?,
     };
     for h in &c.heredocs {

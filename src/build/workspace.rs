@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::image::Store;
 use crate::image::store::Staging;
@@ -25,8 +26,20 @@ pub struct Workspace {
     _staging: Staging,
 }
 
-/// The builder's mounts must not appear on the host, and must go when it dies.
-pub fn private_mount_namespace() -> Result<()> {
+/// Rootless with only the caller's id mapped: layer files of other owners appear as root
+/// (as `strata run` does), or the kernel would refuse every write to them.
+static SQUASH: AtomicBool = AtomicBool::new(false);
+
+/// The builder's mounts must not appear on the host, and must go when it dies. Rootless, it
+/// first enters a user namespace as `strata run` does (subordinate ids through newuidmap, or
+/// the caller's own id), where it is root: FUSE unions mount and owners are set inside it,
+/// and RUN's `strata run` inherits it. Must be called while the process has one thread.
+pub fn isolate() -> Result<()> {
+    if !sys::is_root() {
+        let ranges = crate::launcher::enter_user_namespace()
+            .map_err(|e| super::at(0, format!("rootless build: {e}")))?;
+        SQUASH.store(!ranges, Ordering::Relaxed);
+    }
     sys::unshare(rustix::thread::UnshareFlags::NEWNS)
         .map_err(io_err("creating a mount namespace for", "/"))?;
     rustix::mount::mount_change(
@@ -55,7 +68,7 @@ impl Workspace {
         for d in [&mnt, &upper, &work] {
             std::fs::create_dir(d).map_err(io_err("creating", d))?;
         }
-        let options = MountOptions {
+        let mut options = MountOptions {
             lowers: lowers_or_empty(&staging, lowers)?,
             upper: writable.then(|| upper.clone()),
             work: writable.then(|| work.clone()),
@@ -63,6 +76,10 @@ impl Workspace {
             dev: true,
             ..MountOptions::default()
         };
+        if SQUASH.load(Ordering::Relaxed) {
+            options.ids.squash_uid = Some(0);
+            options.ids.squash_gid = Some(0);
+        }
         let session = crate::mount::spawn(&MountRequest {
             options,
             mountpoint: mnt.clone(),

@@ -29,6 +29,13 @@ pub enum ImageCmd {
     Export { name: String, path: PathBuf },
     /// Give an image another name (e.g. a registry reference to push to).
     Tag { src: String, dst: String },
+    /// Re-verify every blob digest, every layer's diff_id and every image's references;
+    /// report orphans (unreferenced blobs and layers, staging debris). Fails on damage.
+    Check {
+        /// Remove the orphans found (never anything an image uses).
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -98,8 +105,10 @@ pub fn image(root: Option<PathBuf>, cmd: ImageCmd) -> anyhow::Result<()> {
         ImageCmd::Rm { name } => {
             let r = store.remove(&name)?;
             println!(
-                "removed {name} ({} layers, {} blobs freed)",
-                r.layers, r.blobs
+                "removed {name} ({} layers, {} blobs freed{})",
+                r.layers,
+                r.blobs,
+                partial_note(&r)
             );
         }
         ImageCmd::Inspect { name } => {
@@ -137,15 +146,50 @@ pub fn image(root: Option<PathBuf>, cmd: ImageCmd) -> anyhow::Result<()> {
         ImageCmd::Prune => {
             let r = store.prune_build_cache()?;
             println!(
-                "build cache pruned ({} layers, {} blobs freed)",
-                r.layers, r.blobs
+                "build cache pruned ({} layers, {} blobs freed{})",
+                r.layers,
+                r.blobs,
+                partial_note(&r)
             );
         }
+        ImageCmd::Check { repair } => check(&store, repair)?,
         ImageCmd::Export { name, path } => {
             image::export::export(&store, &name, &path)
                 .with_context(|| format!("exporting {name} to {}", path.display()))?;
         }
     }
+    Ok(())
+}
+
+fn check(store: &Store, repair: bool) -> anyhow::Result<()> {
+    let r = image::check::check(store, repair)?;
+    for p in &r.problems {
+        println!("damaged: {p}");
+    }
+    for (path, why) in &r.orphans {
+        let verb = if repair { "removed orphan" } else { "orphan" };
+        println!("{verb}: {} ({why})", path.display());
+    }
+    println!(
+        "checked {} blobs, {} layers, {} images: {} damaged, {} orphans{}",
+        r.blobs,
+        r.layers,
+        r.images,
+        r.problems.len(),
+        r.orphans.len(),
+        if repair {
+            format!(", {} removed", r.removed)
+        } else if r.orphans.is_empty() {
+            String::new()
+        } else {
+            " (--repair removes them)".into()
+        }
+    );
+    anyhow::ensure!(
+        r.ok(),
+        "the store is damaged: {} problems",
+        r.problems.len()
+    );
     Ok(())
 }
 
@@ -162,4 +206,12 @@ pub fn commit(root: Option<PathBuf>, a: CommitArgs) -> anyhow::Result<()> {
         .with_context(|| format!("committing {}", upper.display()))?;
     println!("{} {d}", image::oci::normalize_name(&a.name)?);
     Ok(())
+}
+
+/// `, N partial downloads` when `rm` or `prune` removed some.
+fn partial_note(r: &image::store::GcReport) -> String {
+    match r.partial {
+        0 => String::new(),
+        n => format!(", {n} partial downloads"),
+    }
 }

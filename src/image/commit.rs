@@ -25,19 +25,10 @@ use super::layer::{self, LayerJob};
 use super::merged::Merged;
 use super::oci::{self, Descriptor};
 use super::progress;
-use super::store::{ImageRecord, Staging, Store, StoreLock};
+use super::store::{Staging, Store, StoreLock, StoredImage};
 use super::unpack::UnpackOptions;
+use crate::format::{self, Class, Opaque, Whiteout, shown_xattr_name};
 use crate::sys::{self, Stat};
-use crate::union::shown_xattr_name;
-
-const REDIRECT: [&[u8]; 2] = [b"trusted.overlay.redirect", b"user.overlay.redirect"];
-const OPAQUE: [&[u8]; 3] = [
-    b"trusted.overlay.opaque",
-    b"user.overlay.opaque",
-    b"user.fuseoverlayfs.opaque",
-];
-const WHITEOUT: [&[u8]; 2] = [b"trusted.overlay.whiteout", b"user.overlay.whiteout"];
-const METACOPY: [&[u8]; 2] = crate::union::METACOPY_XATTRS;
 
 type Sink = HashWriter<flate2::write::GzEncoder<HashWriter<BufWriter<File>>>>;
 
@@ -78,22 +69,6 @@ fn header(kind: EntryType, st: &Stat, clamp: u64) -> Header {
     h.set_mtime((st.st_mtime.max(0) as u64).min(clamp));
     h.set_size(0);
     h
-}
-
-fn has_value(
-    dir: BorrowedFd<'_>,
-    name: &OsStr,
-    keys: &[&[u8]],
-    want: Option<&[u8]>,
-) -> io::Result<bool> {
-    for k in keys {
-        if let Some(v) = sys::get_xattr_value(dir, name, k)?
-            && want.is_none_or(|w| v == w)
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// A user's xattrs of an entry in the upper (the union's own left out, escaped ones shown).
@@ -138,11 +113,17 @@ impl Writer<'_> {
     }
 
     fn whiteout(&mut self, parent: &[u8], name: &[u8], st: &Stat) -> io::Result<()> {
-        let mut wh = b".wh.".to_vec();
-        wh.extend_from_slice(name);
+        let wh = format::whiteout_name(OsStr::from_bytes(name));
         let mut st = *st;
         st.st_mode = 0o644;
-        self.empty(EntryType::Regular, &st, &join(parent, &wh))
+        self.empty(EntryType::Regular, &st, &join(parent, wh.as_bytes()))
+    }
+
+    /// The OCI opaque marker of directory `path`.
+    fn opaque_marker(&mut self, st: &Stat, path: &[u8]) -> io::Result<()> {
+        let mut m = *st;
+        m.st_mode = 0o644;
+        self.empty(EntryType::Regular, &m, &join(path, format::OPAQUE_MARKER))
     }
 
     /// Writes the entries of the upper directory `dir` (at `rel` in the tree).
@@ -154,125 +135,154 @@ impl Writer<'_> {
         })
         .map_err(err_at("listing", self.upper, rel))?;
         names.sort();
-        let here = OsStr::new("");
-        let xwhiteouts = has_value(dir, here, &OPAQUE, Some(b"x")).map_err(err_at(
-            "reading xattrs of",
-            self.upper,
-            rel,
-        ))?;
+        let marks =
+            format::dir_marks(dir, false).map_err(err_at("reading xattrs of", self.upper, rel))?;
+        let parent = format::Known {
+            xwhiteouts: marks.xwhiteouts,
+            upper: true,
+        };
         for name in names {
-            let path = join(rel, &name);
-            let err = |step| err_at(step, self.upper, &path);
-            let n = OsStr::from_bytes(&name);
-            let st = sys::stat_at(dir, n).map_err(err("stat"))?;
-            let fmt = st.st_mode & libc::S_IFMT;
-            if name.starts_with(b".wh.") {
-                // Already OCI form (strata's rootless whiteouts, opaque markers).
-                self.empty(EntryType::Regular, &st, &path)
-                    .map_err(err("writing"))?;
-                continue;
-            }
-            let xwh = xwhiteouts
-                && fmt == libc::S_IFREG
-                && st.st_size == 0
-                && has_value(dir, n, &WHITEOUT, None).map_err(err("reading xattrs of"))?;
-            if (fmt == libc::S_IFCHR && st.st_rdev == 0) || xwh {
-                self.whiteout(rel, &name, &st).map_err(err("writing"))?;
-                continue;
-            }
-            if fmt == libc::S_IFDIR {
-                if has_value(dir, n, &REDIRECT, None).map_err(err("reading xattrs of"))? {
-                    self.merged_dir(&path)?;
-                    continue;
-                }
-                let xattrs = user_xattrs(dir, n).map_err(err("reading xattrs of"))?;
-                self.pax(&xattrs).map_err(err("writing"))?;
-                self.empty(EntryType::Directory, &st, &path)
-                    .map_err(err("writing"))?;
-                if has_value(dir, n, &OPAQUE, Some(b"y")).map_err(err("reading xattrs of"))? {
-                    let mut m = st;
-                    m.st_mode = 0o644;
-                    self.empty(EntryType::Regular, &m, &join(&path, b".wh..wh..opq"))
-                        .map_err(err("writing"))?;
-                }
-                let sub = sys::open_path_at(dir, n).map_err(err("opening"))?;
-                self.walk(sub.as_fd(), &path)?;
-                continue;
-            }
-            let xattrs = user_xattrs(dir, n).map_err(err("reading xattrs of"))?;
-            if st.st_nlink > 1 && fmt != libc::S_IFDIR {
-                if let Some(first) = self.links.get(&(st.st_dev, st.st_ino)).cloned() {
-                    let mut h = header(EntryType::Link, &st, self.clamp);
-                    self.tar
-                        .append_link(&mut h, OsStr::from_bytes(&path), OsStr::from_bytes(&first))
-                        .map_err(err("writing"))?;
-                    continue;
-                }
-                self.links.insert((st.st_dev, st.st_ino), path.clone());
-            }
-            self.pax(&xattrs).map_err(err("writing"))?;
-            match fmt {
-                // A metacopy (chmod/chown of a lower file) holds no data: read it where the
-                // container read it, through the union.
-                libc::S_IFREG
-                    if has_value(dir, n, &METACOPY, None).map_err(err("reading xattrs of"))? =>
-                {
-                    self.open_merged()?;
-                    let data = match self.merged.as_ref().map(|m| m.lookup(&path)) {
-                        Some(Ok(Some((id, _)))) => self
-                            .merged
-                            .as_ref()
-                            .map(|m| m.read_file(id))
-                            .transpose()
-                            .map_err(err("reading (merged)"))?
-                            .unwrap_or_default(),
-                        Some(Err(e)) => return Err(err("looking up (merged)")(e)),
-                        _ => Vec::new(),
-                    };
-                    let mut h = header(EntryType::Regular, &st, self.clamp);
-                    h.set_size(data.len() as u64);
-                    self.tar
-                        .append_data(&mut h, OsStr::from_bytes(&path), data.as_slice())
-                        .map_err(err("writing"))?;
-                }
-                libc::S_IFREG => {
-                    let f = sys::open_for_copy(dir, n).map_err(err("opening"))?;
-                    let mut h = header(EntryType::Regular, &st, self.clamp);
-                    h.set_size(st.st_size as u64);
-                    self.tar
-                        .append_data(&mut h, OsStr::from_bytes(&path), f)
-                        .map_err(err("writing"))?;
-                }
-                libc::S_IFLNK => {
-                    let target = sys::readlink_at(dir, n).map_err(err("reading link"))?;
-                    let mut h = header(EntryType::Symlink, &st, self.clamp);
-                    self.tar
-                        .append_link(&mut h, OsStr::from_bytes(&path), OsStr::from_bytes(&target))
-                        .map_err(err("writing"))?;
-                }
-                libc::S_IFCHR | libc::S_IFBLK => {
-                    let kind = if fmt == libc::S_IFCHR {
-                        EntryType::Char
-                    } else {
-                        EntryType::Block
-                    };
-                    let mut h = header(kind, &st, self.clamp);
-                    h.set_device_major(rustix::fs::major(st.st_rdev))
-                        .map_err(err("writing"))?;
-                    h.set_device_minor(rustix::fs::minor(st.st_rdev))
-                        .map_err(err("writing"))?;
-                    self.tar
-                        .append_data(&mut h, OsStr::from_bytes(&path), io::empty())
-                        .map_err(err("writing"))?;
-                }
-                libc::S_IFIFO => self
-                    .empty(EntryType::Fifo, &st, &path)
-                    .map_err(err("writing"))?,
-                // Sockets do not go into layers.
-                _ => {}
-            }
+            self.walk_entry(dir, rel, &name, &parent)?;
         }
         Ok(())
+    }
+
+    /// Writes one entry of an upper directory, translated by the layer format's classifier.
+    fn walk_entry(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        rel: &[u8],
+        name: &[u8],
+        parent: &format::Known,
+    ) -> Result<()> {
+        let path = join(rel, name);
+        let err = |step| err_at(step, self.upper, &path);
+        let n = OsStr::from_bytes(name);
+        let st = sys::stat_at(dir, n).map_err(err("stat"))?;
+        let class = format::classify(dir, n, &st, parent).map_err(err("reading xattrs of"))?;
+        match class {
+            // Already OCI form (strata's rootless whiteouts, opaque markers).
+            Class::Whiteout(Whiteout::Oci) | Class::OpaqueMarker => self
+                .empty(EntryType::Regular, &st, &path)
+                .map_err(err("writing")),
+            Class::Whiteout(Whiteout::CharDev | Whiteout::Xattr) => {
+                self.whiteout(rel, name, &st).map_err(err("writing"))
+            }
+            Class::Redirect(_) => self.merged_dir(&path),
+            // A `.wh.<name>` beside it is written as it stands, and says the same in OCI.
+            Class::Opaque(form) => self.upper_dir(dir, n, &st, &path, form == Opaque::Xattr),
+            Class::Plain if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                self.upper_dir(dir, n, &st, &path, false)
+            }
+            Class::Metacopy | Class::Plain => {
+                self.upper_file(dir, n, &st, &path, class == Class::Metacopy)
+            }
+        }
+    }
+
+    /// A directory of the upper, its marker (for the xattr form of opacity) and its content.
+    fn upper_dir(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        n: &OsStr,
+        st: &Stat,
+        path: &[u8],
+        opaque: bool,
+    ) -> Result<()> {
+        let err = |step| err_at(step, self.upper, path);
+        let xattrs = user_xattrs(dir, n).map_err(err("reading xattrs of"))?;
+        self.pax(&xattrs).map_err(err("writing"))?;
+        self.empty(EntryType::Directory, st, path)
+            .map_err(err("writing"))?;
+        if opaque {
+            self.opaque_marker(st, path).map_err(err("writing"))?;
+        }
+        let sub = sys::open_path_at(dir, n).map_err(err("opening"))?;
+        self.walk(sub.as_fd(), path)
+    }
+
+    /// A non-directory of the upper: a hard link to a file already written, or the file.
+    fn upper_file(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        n: &OsStr,
+        st: &Stat,
+        path: &[u8],
+        metacopy: bool,
+    ) -> Result<()> {
+        let err = |step| err_at(step, self.upper, path);
+        let xattrs = user_xattrs(dir, n).map_err(err("reading xattrs of"))?;
+        if st.st_nlink > 1 {
+            if let Some(first) = self.links.get(&(st.st_dev, st.st_ino)).cloned() {
+                let mut h = header(EntryType::Link, st, self.clamp);
+                return self
+                    .tar
+                    .append_link(&mut h, OsStr::from_bytes(path), OsStr::from_bytes(&first))
+                    .map_err(err("writing"));
+            }
+            self.links.insert((st.st_dev, st.st_ino), path.to_vec());
+        }
+        self.pax(&xattrs).map_err(err("writing"))?;
+        if metacopy {
+            return self.metacopy_file(st, path);
+        }
+        let p = OsStr::from_bytes(path);
+        let fmt = st.st_mode & libc::S_IFMT;
+        let w = match fmt {
+            libc::S_IFREG => {
+                let f = sys::open_for_copy(dir, n).map_err(err("opening"))?;
+                let mut h = header(EntryType::Regular, st, self.clamp);
+                h.set_size(st.st_size as u64);
+                self.tar.append_data(&mut h, p, f)
+            }
+            libc::S_IFLNK => {
+                let target = sys::readlink_at(dir, n).map_err(err("reading link"))?;
+                let mut h = header(EntryType::Symlink, st, self.clamp);
+                self.tar.append_link(&mut h, p, OsStr::from_bytes(&target))
+            }
+            libc::S_IFCHR | libc::S_IFBLK => self.device(st, path),
+            libc::S_IFIFO => self.empty(EntryType::Fifo, st, path),
+            // Sockets do not go into layers.
+            _ => Ok(()),
+        };
+        w.map_err(err("writing"))
+    }
+
+    /// A device node entry.
+    fn device(&mut self, st: &Stat, path: &[u8]) -> io::Result<()> {
+        let kind = if st.st_mode & libc::S_IFMT == libc::S_IFCHR {
+            EntryType::Char
+        } else {
+            EntryType::Block
+        };
+        let mut h = header(kind, st, self.clamp);
+        h.set_device_major(rustix::fs::major(st.st_rdev))?;
+        h.set_device_minor(rustix::fs::minor(st.st_rdev))?;
+        self.tar
+            .append_data(&mut h, OsStr::from_bytes(path), io::empty())
+    }
+
+    /// A metacopy (chmod/chown of a lower file) holds no data: read it where the container
+    /// read it, through the union.
+    fn metacopy_file(&mut self, st: &Stat, path: &[u8]) -> Result<()> {
+        let err = |step| err_at(step, self.upper, path);
+        self.open_merged()?;
+        let data = match self.merged.as_ref().map(|m| m.lookup(path)) {
+            Some(Ok(Some((id, _)))) => self
+                .merged
+                .as_ref()
+                .map(|m| m.read_file(id))
+                .transpose()
+                .map_err(err("reading (merged)"))?
+                .unwrap_or_default(),
+            Some(Err(e)) => return Err(err("looking up (merged)")(e)),
+            _ => Vec::new(),
+        };
+        let mut h = header(EntryType::Regular, st, self.clamp);
+        h.set_size(data.len() as u64);
+        self.tar
+            .append_data(&mut h, OsStr::from_bytes(path), data.as_slice())
+            .map_err(err("writing"))
     }
 
     /// The upper over the image's layers, as the container saw them (built on first use).
@@ -303,10 +313,7 @@ impl Writer<'_> {
             ));
         };
         self.merged_entry(id, &st, path)?;
-        let mut m = st;
-        m.st_mode = 0o644;
-        self.empty(EntryType::Regular, &m, &join(path, b".wh..wh..opq"))
-            .map_err(err("writing"))?;
+        self.opaque_marker(&st, path).map_err(err("writing"))?;
         self.merged_children(id, path)
     }
 
@@ -378,17 +385,7 @@ impl Writer<'_> {
                     .append_link(&mut h, p, OsStr::from_bytes(&target.unwrap_or_default()))
             }
             libc::S_IFIFO => self.empty(EntryType::Fifo, st, path),
-            libc::S_IFCHR | libc::S_IFBLK => {
-                let kind = if fmt == libc::S_IFCHR {
-                    EntryType::Char
-                } else {
-                    EntryType::Block
-                };
-                let mut h = header(kind, st, self.clamp);
-                let _ = h.set_device_major(rustix::fs::major(st.st_rdev));
-                let _ = h.set_device_minor(rustix::fs::minor(st.st_rdev));
-                self.tar.append_data(&mut h, p, io::empty())
-            }
+            libc::S_IFCHR | libc::S_IFBLK => self.device(st, path),
             _ => Ok(()),
         };
         w.map_err(err("writing"))
@@ -499,30 +496,7 @@ pub fn commit(
     let new = write_layer(store, upper, &lowers, &img.diff_ids, None)?;
     let (diff_id, digest, size) = (new.diff_id.clone(), new.digest.clone(), new.size);
 
-    // The new config: the base's, with one more diff_id and history entry.
-    let mut config: serde_json::Value = oci::parse(&img.config_bytes, "base image config")?;
-    let now = oci::now_rfc3339();
-    let obj = config
-        .as_object_mut()
-        .ok_or_else(|| invalid("base image config", "not a JSON object"))?;
-    obj.insert("created".into(), now.clone().into());
-    let rootfs = obj
-        .entry("rootfs")
-        .or_insert_with(|| serde_json::json!({"type": "layers", "diff_ids": []}));
-    if let Some(ids) = rootfs.get_mut("diff_ids").and_then(|v| v.as_array_mut()) {
-        ids.push(diff_id.to_string().into());
-    }
-    let mut hist = serde_json::json!({ "created": now, "created_by": format!("strata commit --from {}", img.name) });
-    if let Some(c) = comment {
-        hist["comment"] = c.into();
-    }
-    match obj.get_mut("history").and_then(|h| h.as_array_mut()) {
-        Some(h) => h.push(hist),
-        None => {
-            obj.insert("history".into(), serde_json::Value::Array(vec![hist]));
-        }
-    }
-    let config_bytes = oci::to_json(&config);
+    let config_bytes = next_config(&img, &diff_id, comment)?;
     let mut manifest = img.manifest.clone();
     manifest.media_type = Some(oci::MT_MANIFEST.to_owned());
     manifest.config = Descriptor::new(
@@ -545,21 +519,39 @@ pub fn commit(
         }
     }
     new.store(store, &lock)?;
-    let config_digest = store.put_blob(&config_bytes)?;
-    let manifest_digest = store.put_blob(&manifest_bytes)?;
-    let mut images = store.images()?;
-    let replaced = images
-        .insert(
-            name,
-            ImageRecord {
-                manifest: manifest_digest.to_string(),
-                config: config_digest.to_string(),
-            },
-        )
-        .is_some();
-    store.write_images(&lock, &images)?;
-    if replaced {
-        store.gc(&lock)?;
+    let config_digest = Digest::of(&config_bytes);
+    store.publish(
+        &lock,
+        &config_bytes,
+        &config_digest,
+        &manifest_bytes,
+        &[name],
+    )
+}
+
+/// The committed image's config: the base's, with one more diff_id and history entry.
+fn next_config(img: &StoredImage, diff_id: &Digest, comment: Option<&str>) -> Result<Vec<u8>> {
+    let mut config: serde_json::Value = oci::parse(&img.config_bytes, "base image config")?;
+    let now = oci::now_rfc3339();
+    let obj = config
+        .as_object_mut()
+        .ok_or_else(|| invalid("base image config", "not a JSON object"))?;
+    obj.insert("created".into(), now.clone().into());
+    let rootfs = obj
+        .entry("rootfs")
+        .or_insert_with(|| serde_json::json!({"type": "layers", "diff_ids": []}));
+    if let Some(ids) = rootfs.get_mut("diff_ids").and_then(|v| v.as_array_mut()) {
+        ids.push(diff_id.to_string().into());
     }
-    Ok(manifest_digest)
+    let mut hist = serde_json::json!({ "created": now, "created_by": format!("strata commit --from {}", img.name) });
+    if let Some(c) = comment {
+        hist["comment"] = c.into();
+    }
+    match obj.get_mut("history").and_then(|h| h.as_array_mut()) {
+        Some(h) => h.push(hist),
+        None => {
+            obj.insert("history".into(), serde_json::Value::Array(vec![hist]));
+        }
+    }
+    Ok(oci::to_json(&config))
 }

@@ -15,7 +15,7 @@ use super::layer::{self, LayerJob, Staged};
 use super::oci::{self, ConfigView, Descriptor, Index, Manifest};
 use super::progress;
 use super::source::Source;
-use super::store::{ImageRecord, Store};
+use super::store::Store;
 use super::unpack::UnpackOptions;
 
 /// One image found in the source (or fetched from a registry).
@@ -280,23 +280,14 @@ pub(crate) fn commit(
                 ));
             }
         }
-        store.put_blob(&f.config_bytes)?;
-        let manifest_digest = store.put_blob(&plan.manifest_bytes)?;
-        let mut images = store.images()?;
-        let mut replaced = false;
-        for n in &f.names {
-            let rec = ImageRecord {
-                manifest: manifest_digest.to_string(),
-                config: f.config_digest.to_string(),
-            };
-            replaced |= images.insert(n.clone(), rec).is_some();
-            names.push(n.clone());
-        }
-        store.write_images(&lock, &images)?;
-        if replaced {
-            // A name moved to the new image: the old one's layers may now be unused.
-            store.gc(&lock)?;
-        }
+        store.publish(
+            &lock,
+            &f.config_bytes,
+            &f.config_digest,
+            &plan.manifest_bytes,
+            &f.names,
+        )?;
+        names.extend(f.names.iter().cloned());
     }
     Ok(names)
 }
@@ -339,74 +330,114 @@ pub(crate) fn stage_image(
         ));
     }
     let chains = chain_ids(&diff_ids);
-    let opts = UnpackOptions::for_current_user();
     let mut keys = Vec::new();
     let mut layer_descs = Vec::new();
     let total = f.layers.len();
     for (i, (rel, desc)) in f.layers.iter().enumerate() {
-        let expected = desc.as_ref().map(|d| d.digest()).transpose()?;
-        let key = match &expected {
-            Some(d) => layer_key(d.as_str(), &chains[i]),
-            None => layer_key(rel, &chains[i]),
+        let at = LayerAt {
+            i,
+            total,
+            rel,
+            desc: desc.as_ref(),
+            diff_id: &diff_ids[i],
+            chain: &chains[i],
         };
-        let known = staged_all
-            .get(&key)
-            .map(|s| (s.digest.clone(), s.size, s.compression));
-        let in_store = expected
-            .as_ref()
-            .is_some_and(|d| in_store(store, d, &chains[i]));
-        let (digest, size, compression) = match known {
-            Some(k) => k,
-            None if in_store => {
-                let d = expected.clone().unwrap_or_else(|| diff_ids[i].clone());
-                let size = desc.as_ref().map_or(0, |d| d.size);
-                let c = desc
-                    .as_ref()
-                    .map_or(oci::Compression::None, |d| compression_of(&d.media_type));
-                (d, size, c)
-            }
-            None => {
-                let (reader, len) = src.layer(rel)?;
-                let label = expected
-                    .as_ref()
-                    .map_or_else(|| rel.clone(), |d| d.to_string());
-                let pb = progress::bytes(len, format!("layer {}/{total} {}", i + 1, short(&label)));
-                let job = LayerJob {
-                    label,
-                    expected: expected
-                        .as_ref()
-                        .map(|d| (d, desc.as_ref().map(|x| x.size))),
-                    diff_id: &diff_ids[i],
-                    keep_blob: expected.as_ref().is_none_or(|d| !store.has_blob(d)),
-                    unpack: !store.has_layer(&chains[i]),
-                    opts,
-                };
-                let s = layer::stage(dir, staged_all.len(), reader, &job, &pb)?;
-                let k = (s.digest.clone(), s.size, s.compression);
-                staged_all.insert(key.clone(), s);
-                k
-            }
-        };
-        let media_type = match desc {
-            Some(d)
-                if d.media_type
-                    .starts_with("application/vnd.oci.image.layer.v1.tar") =>
-            {
-                d.media_type.clone()
-            }
-            _ => oci::layer_media_type(compression).to_owned(),
-        };
-        let mut ld = Descriptor::new(&media_type, &digest, size);
-        if let Some(d) = desc {
-            ld.annotations = d.annotations.clone();
-        }
+        let (key, ld) = stage_layer(store, src, &at, dir, staged_all)?;
         layer_descs.push(ld);
         keys.push(key);
     }
-    let manifest_bytes = match &f.manifest {
+    let manifest_bytes = manifest_for(f, &layer_descs);
+    Ok(Plan {
+        keys,
+        chains,
+        diff_ids,
+        layer_descs,
+        manifest_bytes,
+    })
+}
+
+/// One layer of an image being staged: its place in the image and what the image says of it.
+struct LayerAt<'a> {
+    i: usize,
+    total: usize,
+    rel: &'a String,
+    desc: Option<&'a Descriptor>,
+    diff_id: &'a Digest,
+    chain: &'a Digest,
+}
+
+/// Stages one layer (unless an earlier image of this import staged it, or the store has it
+/// verified): returns its key in `staged_all` and its manifest descriptor.
+fn stage_layer(
+    store: &Store,
+    src: &dyn LayerSource,
+    at: &LayerAt<'_>,
+    dir: &Path,
+    staged_all: &mut HashMap<String, Staged>,
+) -> Result<(String, Descriptor)> {
+    let (desc, chain) = (at.desc, at.chain);
+    let expected = desc.map(|d| d.digest()).transpose()?;
+    let key = match &expected {
+        Some(d) => layer_key(d.as_str(), chain),
+        None => layer_key(at.rel, chain),
+    };
+    let known = staged_all
+        .get(&key)
+        .map(|s| (s.digest.clone(), s.size, s.compression));
+    let in_store = expected.as_ref().is_some_and(|d| in_store(store, d, chain));
+    let (digest, size, compression) = match known {
+        Some(k) => k,
+        None if in_store => {
+            let d = expected.clone().unwrap_or_else(|| at.diff_id.clone());
+            let size = desc.map_or(0, |d| d.size);
+            let c = desc.map_or(oci::Compression::None, |d| compression_of(&d.media_type));
+            (d, size, c)
+        }
+        None => {
+            let (reader, len) = src.layer(at.rel)?;
+            let label = expected
+                .as_ref()
+                .map_or_else(|| at.rel.clone(), |d| d.to_string());
+            let pb = progress::bytes(
+                len,
+                format!("layer {}/{} {}", at.i + 1, at.total, short(&label)),
+            );
+            let job = LayerJob {
+                label,
+                expected: expected.as_ref().map(|d| (d, desc.map(|x| x.size))),
+                diff_id: at.diff_id,
+                keep_blob: expected.as_ref().is_none_or(|d| !store.has_blob(d)),
+                unpack: !store.has_layer(chain),
+                opts: UnpackOptions::for_current_user(),
+            };
+            let s = layer::stage(dir, staged_all.len(), reader, &job, &pb)?;
+            let k = (s.digest.clone(), s.size, s.compression);
+            staged_all.insert(key.clone(), s);
+            k
+        }
+    };
+    let media_type = match desc {
+        Some(d)
+            if d.media_type
+                .starts_with("application/vnd.oci.image.layer.v1.tar") =>
+        {
+            d.media_type.clone()
+        }
+        _ => oci::layer_media_type(compression).to_owned(),
+    };
+    let mut ld = Descriptor::new(&media_type, &digest, size);
+    if let Some(d) = desc {
+        ld.annotations = d.annotations.clone();
+    }
+    Ok((key, ld))
+}
+
+/// The manifest stored for an imported image: its own if it is OCI, else (Docker media
+/// types, a docker archive) an OCI manifest of our own over the staged layers.
+fn manifest_for(f: &Found, layer_descs: &[Descriptor]) -> Vec<u8> {
+    match &f.manifest {
         Some((m, bytes)) if m.is_oci() => bytes.clone(),
         other => {
-            // Docker media types (or a docker archive): an OCI manifest of our own.
             let mut m = Manifest {
                 schema_version: 2,
                 media_type: Some(oci::MT_MANIFEST.to_owned()),
@@ -415,7 +446,7 @@ pub(crate) fn stage_image(
                     &f.config_digest,
                     f.config_bytes.len() as u64,
                 ),
-                layers: layer_descs.clone(),
+                layers: layer_descs.to_vec(),
                 annotations: BTreeMap::new(),
             };
             if let Some((orig, _)) = other {
@@ -423,14 +454,7 @@ pub(crate) fn stage_image(
             }
             oci::to_json(&m)
         }
-    };
-    Ok(Plan {
-        keys,
-        chains,
-        diff_ids,
-        layer_descs,
-        manifest_bytes,
-    })
+    }
 }
 
 fn compression_of(media_type: &str) -> oci::Compression {

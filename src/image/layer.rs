@@ -12,6 +12,7 @@ use indicatif::ProgressBar;
 
 use super::digest::{Digest, HashReader, TeeReader};
 use super::error::{ImageError, Result, io_err};
+use super::limits::{self, Limited};
 use super::oci::Compression;
 use super::unpack::{UnpackOptions, UnpackStats, unpack};
 use crate::sys;
@@ -47,6 +48,13 @@ pub fn stage(
     job: &LayerJob<'_>,
     pb: &ProgressBar,
 ) -> Result<Staged> {
+    let limit = limits::max_layer_bytes();
+    if let Some((want, Some(size))) = job.expected.filter(|(_, s)| s.is_some_and(|s| s > limit)) {
+        return Err(ImageError::Invalid {
+            what: format!("layer {want}"),
+            why: limits::too_large(&format!("its manifest size {size}"), limit),
+        });
+    }
     let blob_path = dir.join(format!("blob-{n}"));
     let layer_path = dir.join(format!("layer-{n}"));
     let out = match job.keep_blob {
@@ -60,7 +68,7 @@ pub fn stage(
         source,
     };
     let mut compressed = HashReader::new(TeeReader {
-        inner: pb.wrap_read(reader),
+        inner: Limited::new(pb.wrap_read(reader), "the layer blob"),
         out,
     });
     let (diff_id, compression, stats) = {
@@ -72,7 +80,7 @@ pub fn stage(
             Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buf)),
             Compression::Zstd => Box::new(zstd::Decoder::with_buffer(buf).map_err(tar_err)?),
         };
-        let mut tar = HashReader::new(decoded);
+        let mut tar = HashReader::new(Limited::new(decoded, "the uncompressed layer"));
         let mut stats = UnpackStats::default();
         if job.unpack {
             let root = layer_path.join("root");

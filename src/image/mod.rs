@@ -1,6 +1,7 @@
 //! OCI images: import (OCI layouts, docker-save archives), a content-addressed layer store,
 //! commit of an upper layer back to an image layer, export to an OCI layout.
 
+pub mod check;
 pub mod digest;
 pub mod error;
 pub mod fsutil;
@@ -10,6 +11,7 @@ pub use digest::Digest;
 pub use error::{ImageError, Result};
 pub mod import;
 pub mod layer;
+pub mod limits;
 pub mod merged;
 pub mod oci;
 pub mod progress;

@@ -15,6 +15,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use super::digest::Digest;
 use super::error::{ImageError, Result, invalid, io_err};
+use super::limits::Limited;
 use super::oci::Compression;
 use super::store::Staging;
 use super::unpack::clean;
@@ -66,6 +67,15 @@ impl Read for At<'_> {
     }
 }
 
+/// The one-line refusal of a file that is no image archive (nothing of its content quoted).
+fn not_an_image(path: &Path) -> ImageError {
+    invalid(
+        path.display().to_string(),
+        "not an image: expected an OCI image layout (a directory with index.json), an OCI \
+         image tar or a docker-save archive (a tar, maybe gzip or zstd compressed)",
+    )
+}
+
 impl Source {
     /// Opens PATH; `scratch` provides a staging directory for a compressed archive.
     pub fn open(path: &Path, scratch: impl FnOnce() -> Result<Staging>) -> Result<Source> {
@@ -100,12 +110,14 @@ impl Source {
                     .open(&out_path)
                     .map_err(io_err("creating", &out_path))?;
                 let input = BufReader::new(&mut file);
+                let what = "the decompressed archive";
                 let res = match c {
                     Compression::Gzip => {
-                        io::copy(&mut flate2::bufread::MultiGzDecoder::new(input), &mut out)
+                        let gz = flate2::bufread::MultiGzDecoder::new(input);
+                        io::copy(&mut Limited::new(gz, what), &mut out)
                     }
                     _ => zstd::Decoder::with_buffer(input)
-                        .and_then(|mut d| io::copy(&mut d, &mut out)),
+                        .and_then(|d| io::copy(&mut Limited::new(d, what), &mut out)),
                 };
                 res.map_err(io_err("decompressing", path))?;
                 io::Seek::rewind(&mut out).map_err(io_err("reading", &out_path))?;
@@ -115,9 +127,11 @@ impl Source {
         let mut members = HashMap::new();
         {
             let mut archive = tar::Archive::new(&file);
-            let entries = archive.entries().map_err(io_err("reading archive", path))?;
+            // The tar crate's header errors quote the header's bytes: never echo the input.
+            let not_image = |_| not_an_image(path);
+            let entries = archive.entries().map_err(not_image)?;
             for e in entries {
-                let e = e.map_err(io_err("reading archive", path))?;
+                let e = e.map_err(not_image)?;
                 let name = clean(&e.path_bytes()).join(&b'/');
                 let kind = e.header().entry_type();
                 let m = if kind.is_file() {

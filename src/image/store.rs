@@ -31,11 +31,11 @@ use super::oci::{self, ConfigView, Manifest};
 
 /// `layers/<chain>/layer.json`.
 #[derive(Serialize, Deserialize)]
-struct LayerMeta {
-    chain_id: String,
-    diff_id: String,
+pub(crate) struct LayerMeta {
+    pub(crate) chain_id: String,
+    pub(crate) diff_id: String,
     /// The blob this layer was unpacked from and checked against.
-    blob: String,
+    pub(crate) blob: String,
 }
 
 /// One named image.
@@ -88,6 +88,8 @@ pub struct StoredImage {
 pub struct GcReport {
     pub layers: usize,
     pub blobs: usize,
+    /// Interrupted downloads removed from `partial/`.
+    pub partial: usize,
 }
 
 static STAGE_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -129,7 +131,7 @@ impl Store {
         self.root.join("blobs/sha256").join(d.hex())
     }
 
-    fn layer_entry(&self, chain: &Digest) -> PathBuf {
+    pub(crate) fn layer_entry(&self, chain: &Digest) -> PathBuf {
         self.root.join("layers").join(chain.hex())
     }
 
@@ -260,6 +262,36 @@ impl Store {
         f.write_all(data).map_err(io_err("writing", &tmp))?;
         f.sync_all().map_err(io_err("syncing", &tmp))?;
         fs::rename(&tmp, path).map_err(io_err("renaming into place", path))
+    }
+
+    /// Publishes an image whose layers are in the store: its config and manifest become
+    /// blobs and each of `names` points at it (call with the lock held). A name taken from
+    /// another image may leave that one's layers unused: they are collected. Returns the
+    /// manifest's digest.
+    pub fn publish(
+        &self,
+        lock: &StoreLock,
+        config_bytes: &[u8],
+        config_digest: &Digest,
+        manifest_bytes: &[u8],
+        names: &[String],
+    ) -> Result<Digest> {
+        self.put_blob(config_bytes)?;
+        let manifest_digest = self.put_blob(manifest_bytes)?;
+        let mut images = self.images()?;
+        let mut replaced = false;
+        for n in names {
+            let rec = ImageRecord {
+                manifest: manifest_digest.to_string(),
+                config: config_digest.to_string(),
+            };
+            replaced |= images.insert(n.clone(), rec).is_some();
+        }
+        self.write_images(lock, &images)?;
+        if replaced {
+            self.gc(lock)?;
+        }
+        Ok(manifest_digest)
     }
 
     /// Adds a small blob (manifest, config) if it is not there yet.
@@ -443,7 +475,31 @@ impl Store {
                 }
             }
         }
+        report.partial = self.clean_partial()?;
         Ok(report)
+    }
+
+    /// Removes the interrupted downloads in `partial/` (`registry::resume`), except those a
+    /// running pull holds (flocked): a later pull of them starts from byte 0.
+    fn clean_partial(&self) -> Result<usize> {
+        let d = self.root.join("partial");
+        let Ok(rd) = fs::read_dir(&d) else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(f) = File::options().read(true).write(true).open(&p) else {
+                continue;
+            };
+            // Held by the lock while unlinked: a pull that opened it before cannot lock it
+            // and checks, once locked, that its path still names the file.
+            if rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok() {
+                fs::remove_file(&p).map_err(io_err("removing partial download", &p))?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Where `strata build` keeps its cache: one `<key>.json` per step.
@@ -453,7 +509,11 @@ impl Store {
 
     /// The layers and blobs build-cache entries name (`layer.chain`, `layer.digest`): the
     /// cache outlives the images built with it until it is pruned.
-    fn build_cache_refs(&self, blobs: &mut BTreeSet<String>, layers: &mut BTreeSet<String>) {
+    pub(crate) fn build_cache_refs(
+        &self,
+        blobs: &mut BTreeSet<String>,
+        layers: &mut BTreeSet<String>,
+    ) {
         let Ok(rd) = fs::read_dir(self.build_cache_dir()) else {
             return;
         };

@@ -21,8 +21,8 @@ use tar::EntryType;
 
 use super::error::{ImageError, Result};
 use super::fsutil::{open_beneath, remove_tree};
+use crate::format::{self, stored_xattr_name};
 use crate::sys::{self, SetTime};
-use crate::union::stored_xattr_name;
 
 /// What the unpacker may do beyond plain files.
 #[derive(Clone, Copy, Debug)]
@@ -251,10 +251,8 @@ impl Unpacker<'_> {
         };
         let kind = entry.header().entry_type();
         let m = meta(entry);
-        let path = join(&comps);
         let link = entry.link_name_bytes().map(|l| l.into_owned());
-        let privileged = self.opts.privileged;
-        let (dev_major, dev_minor) = (
+        let rdev = rustix::fs::makedev(
             entry.header().device_major().ok().flatten().unwrap_or(0),
             entry.header().device_minor().ok().flatten().unwrap_or(0),
         );
@@ -266,33 +264,26 @@ impl Unpacker<'_> {
         let parent = parent_owned.as_fd();
         let fname = OsStr::from_bytes(name);
         let is_dir = kind == EntryType::Directory;
-        let replaced = !is_dir || name.starts_with(b".wh.");
+        let replaced = !is_dir || format::is_format_name(name);
         let existed_dir = self
             .clear(parent, fname, !replaced)
             .map_err(self.entry_err("replacing", &raw))?;
-        if name.starts_with(b".wh.") {
+        if format::is_format_name(name) {
             // An OCI whiteout or opaque marker: kept as an empty file, whatever its type.
             create_file(parent, fname, 0o644).map_err(self.entry_err("creating whiteout", &raw))?;
             return Ok(());
         }
-        match kind {
+        let made = match kind {
             EntryType::Directory => {
-                if !existed_dir {
-                    sys::mkdir_at(parent, fname, 0o700)
-                        .map_err(self.entry_err("creating directory", &raw))?;
-                }
-                self.dirs.push(DirMeta {
-                    path: path.clone(),
-                    mode: m.mode,
-                    mtime: m.mtime,
-                });
-                self.set_owner_xattrs(parent, fname, &m, &raw)?;
-                return Ok(());
+                return self.directory(parent, fname, existed_dir, &join(&comps), &m, &raw);
             }
+            // A hard link shares its target's metadata: nothing more to set.
+            EntryType::Link => return self.hard_link(parent, fname, &comps, link, &raw),
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let mut f = create_file(parent, fname, 0o600)
                     .map_err(self.entry_err("creating file", &raw))?;
                 io::copy(entry, &mut f).map_err(self.entry_err("writing file", &raw))?;
+                true
             }
             EntryType::Symlink => {
                 let target =
@@ -301,61 +292,15 @@ impl Unpacker<'_> {
                 // inside its own root.
                 sys::symlink_at(OsStr::from_bytes(&target), parent, fname)
                     .map_err(self.entry_err("creating symlink", &raw))?;
-            }
-            EntryType::Link => {
-                let target =
-                    link.ok_or_else(|| self.unsafe_entry(&raw, "hard link without target"))?;
-                let tcomps = clean(&target);
-                let Some((&tname, tparents)) = tcomps.split_last() else {
-                    return Err(self.unsafe_entry(&raw, "hard link to the layer root"));
-                };
-                if tcomps == comps {
-                    return Ok(());
-                }
-                let tdir = open_beneath(self.root, &join(tparents))
-                    .map_err(|e| self.resolve_err(e, &raw))?;
-                sys::link_at(tdir.as_fd(), OsStr::from_bytes(tname), parent, fname).map_err(
-                    self.entry_err(
-                        "hard-linking (target must be an earlier file of this layer)",
-                        &raw,
-                    ),
-                )?;
-                // A hard link shares its target's metadata: nothing more to set.
-                return Ok(());
+                true
             }
             EntryType::Char | EntryType::Block => {
-                let rdev = rustix::fs::makedev(dev_major, dev_minor);
-                if kind == EntryType::Char && rdev == 0 && !privileged {
-                    // A kernel-format whiteout: the OCI form needs no mknod.
-                    let mut wh = b".wh.".to_vec();
-                    wh.extend_from_slice(name);
-                    let whn = OsStr::from_bytes(&wh);
-                    self.clear(parent, whn, false)
-                        .map_err(self.entry_err("replacing", &raw))?;
-                    create_file(parent, whn, 0o644)
-                        .map_err(self.entry_err("creating whiteout", &raw))?;
-                    return Ok(());
-                }
-                if !privileged {
-                    self.stats.skipped_devices += 1;
-                    log::warn!(
-                        "layer {}: device {} skipped (not root)",
-                        self.layer,
-                        show(&raw)
-                    );
-                    return Ok(());
-                }
-                let fmt = if kind == EntryType::Char {
-                    libc::S_IFCHR
-                } else {
-                    libc::S_IFBLK
-                };
-                sys::mknod_at(parent, fname, fmt | (m.mode & 0o777), rdev)
-                    .map_err(self.entry_err("creating device", &raw))?;
+                self.device(parent, fname, kind, rdev, &m, &raw)?
             }
             EntryType::Fifo => {
                 sys::mknod_at(parent, fname, libc::S_IFIFO | 0o600, 0)
                     .map_err(self.entry_err("creating fifo", &raw))?;
+                true
             }
             _ => {
                 log::warn!(
@@ -363,13 +308,118 @@ impl Unpacker<'_> {
                     self.layer,
                     show(&raw)
                 );
-                return Ok(());
+                false
             }
+        };
+        if made {
+            self.finish_entry(parent, fname, kind, &m, &raw)?;
         }
-        self.set_owner_xattrs(parent, fname, &m, &raw)?;
+        Ok(())
+    }
+
+    /// A directory entry: made unless one stands there; its mode and mtime are set at the
+    /// end (`finish_dirs`), once nothing more is created in it.
+    fn directory(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        fname: &OsStr,
+        existed: bool,
+        path: &[u8],
+        m: &Meta,
+        raw: &[u8],
+    ) -> Result<()> {
+        if !existed {
+            sys::mkdir_at(parent, fname, 0o700)
+                .map_err(self.entry_err("creating directory", raw))?;
+        }
+        self.dirs.push(DirMeta {
+            path: path.to_vec(),
+            mode: m.mode,
+            mtime: m.mtime,
+        });
+        self.set_owner_xattrs(parent, fname, m, raw)
+    }
+
+    /// A hard link to an earlier file of this layer, resolved beneath the layer root.
+    fn hard_link(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        fname: &OsStr,
+        comps: &[&[u8]],
+        link: Option<Vec<u8>>,
+        raw: &[u8],
+    ) -> Result<()> {
+        let target = link.ok_or_else(|| self.unsafe_entry(raw, "hard link without target"))?;
+        let tcomps = clean(&target);
+        let Some((&tname, tparents)) = tcomps.split_last() else {
+            return Err(self.unsafe_entry(raw, "hard link to the layer root"));
+        };
+        if tcomps == comps {
+            return Ok(());
+        }
+        let tdir =
+            open_beneath(self.root, &join(tparents)).map_err(|e| self.resolve_err(e, raw))?;
+        sys::link_at(tdir.as_fd(), OsStr::from_bytes(tname), parent, fname).map_err(
+            self.entry_err(
+                "hard-linking (target must be an earlier file of this layer)",
+                raw,
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// A device node; unprivileged, a char 0/0 (the kernel's whiteout) becomes the OCI form
+    /// and other devices are skipped. Returns whether a node was made.
+    fn device(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        fname: &OsStr,
+        kind: EntryType,
+        rdev: u64,
+        m: &Meta,
+        raw: &[u8],
+    ) -> Result<bool> {
+        let privileged = self.opts.privileged;
+        if kind == EntryType::Char && rdev == 0 && !privileged {
+            // A kernel-format whiteout: the OCI form needs no mknod.
+            let wh = format::whiteout_name(fname);
+            let whn = wh.as_os_str();
+            self.clear(parent, whn, false)
+                .map_err(self.entry_err("replacing", raw))?;
+            create_file(parent, whn, 0o644).map_err(self.entry_err("creating whiteout", raw))?;
+            return Ok(false);
+        }
+        if !privileged {
+            self.stats.skipped_devices += 1;
+            log::warn!(
+                "layer {}: device {} skipped (not root)",
+                self.layer,
+                show(raw)
+            );
+            return Ok(false);
+        }
+        let fmt = if kind == EntryType::Char {
+            libc::S_IFCHR
+        } else {
+            libc::S_IFBLK
+        };
+        sys::mknod_at(parent, fname, fmt | (m.mode & 0o777), rdev)
+            .map_err(self.entry_err("creating device", raw))?;
+        Ok(true)
+    }
+
+    /// Owner, xattrs, mode (not of symlinks) and mtime of a new non-directory.
+    fn finish_entry(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        fname: &OsStr,
+        kind: EntryType,
+        m: &Meta,
+        raw: &[u8],
+    ) -> Result<()> {
+        self.set_owner_xattrs(parent, fname, m, raw)?;
         if kind != EntryType::Symlink {
-            sys::chmod_at(parent, fname, m.mode)
-                .map_err(self.entry_err("setting mode of", &raw))?;
+            sys::chmod_at(parent, fname, m.mode).map_err(self.entry_err("setting mode of", raw))?;
         }
         sys::utimens_at(
             parent,
@@ -377,7 +427,7 @@ impl Unpacker<'_> {
             SetTime::At(m.mtime, 0),
             SetTime::At(m.mtime, 0),
         )
-        .map_err(self.entry_err("setting mtime of", &raw))?;
+        .map_err(self.entry_err("setting mtime of", raw))?;
         Ok(())
     }
 

@@ -248,6 +248,12 @@ fn ns_err<E: Into<std::io::Error>>(step: &'static str) -> impl FnOnce(E) -> RunE
     }
 }
 
+/// For rootless callers other than `run` (the builder): enters a user namespace where the
+/// caller is root, as `run` does; false when only the caller's own id could be mapped.
+pub fn enter_user_namespace() -> Result<bool, RunError> {
+    userns::enter()
+}
+
 /// Runs the container; returns the exit code strata should exit with (the command's, 128+N
 /// when a signal killed it, 137 when the OOM killer did).
 pub fn run(spec: &RunSpec) -> Result<i32, RunError> {

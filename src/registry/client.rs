@@ -104,6 +104,8 @@ fn agent(registry: &str, verify: bool) -> Result<Agent> {
     }
     Ok(Agent::config_builder()
         .http_status_as_error(false)
+        // Redirects are followed by `follow`, which refuses schemes other than http(s).
+        .max_redirects(0)
         .tls_config(tls.build())
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_response(Some(Duration::from_secs(120)))
@@ -301,7 +303,7 @@ impl Client {
             }
             let r = self.send(b, &url, &body)?;
             if r.status().as_u16() != 401 || attempt > 0 {
-                return Ok(r);
+                return self.follow(r, &method, &url, headers);
             }
             let Some(ch) = header(&r, "www-authenticate").and_then(Challenge::parse) else {
                 return Ok(r);
@@ -314,6 +316,36 @@ impl Client {
             st.challenge = Some(ch);
         }
         Err(protocol("requesting", url, "authentication loop"))
+    }
+
+    /// Follows a GET or HEAD's redirects (blob GETs go to storage), at most 10, without the
+    /// Authorization header (ureq's rule too); a `Location` that is not http(s), or that
+    /// goes from https to plain http, is refused.
+    fn follow(
+        &self,
+        mut r: Response<RespBody>,
+        method: &http::Method,
+        from: &str,
+        headers: &[(&str, String)],
+    ) -> Result<Response<RespBody>> {
+        let mut url = from.to_owned();
+        for _ in 0..10 {
+            let status = r.status().as_u16();
+            let redirect = matches!(status, 301 | 302 | 303 | 307 | 308);
+            if !redirect || !(method == http::Method::GET || method == http::Method::HEAD) {
+                return Ok(r);
+            }
+            let loc = header(&r, "location").unwrap_or("");
+            let next = redirect_target(&url, loc)
+                .map_err(|why| protocol("following a redirect from", url.as_str(), why))?;
+            let mut b = http::Request::builder().method(method.clone()).uri(&next);
+            for (k, v) in headers {
+                b = b.header(*k, v);
+            }
+            r = self.send(b, &next, &Body::Empty)?;
+            url = next;
+        }
+        Err(protocol("following redirects from", from, "more than 10"))
     }
 
     fn send(
@@ -461,6 +493,37 @@ impl Client {
     }
 }
 
+/// The absolute URL a `Location` names, relative to `base`; only http(s) targets.
+fn redirect_target(base: &str, loc: &str) -> std::result::Result<String, String> {
+    let (scheme, rest) = base.split_once("://").unwrap_or(("https", base));
+    let origin = format!("{scheme}://{}", host_of_url(base));
+    let target = if loc.starts_with("http://") || loc.starts_with("https://") {
+        loc.to_owned()
+    } else if let Some(r) = loc.strip_prefix("//") {
+        format!("{scheme}://{r}")
+    } else if loc.starts_with('/') {
+        format!("{origin}{loc}")
+    } else if loc.is_empty()
+        || loc
+            .split('/')
+            .next()
+            .is_some_and(|first| first.contains(':'))
+    {
+        return Err(format!(
+            "redirect to {loc:?} refused: only http and https are followed"
+        ));
+    } else {
+        let dir = rest.rsplit_once('/').map_or(rest, |(d, _)| d);
+        format!("{scheme}://{dir}/{loc}")
+    };
+    if scheme == "https" && target.starts_with("http://") {
+        return Err(format!(
+            "redirect to {loc:?} refused: from https to plain http"
+        ));
+    }
+    Ok(target)
+}
+
 fn scope_key(scopes: &BTreeSet<String>) -> String {
     scopes.iter().cloned().collect::<Vec<_>>().join(" ")
 }
@@ -499,5 +562,22 @@ mod tests {
             "repository%3Aa%2Fb%3Apull%2Cpush"
         );
         assert_eq!(host_of_url("https://auth.io:5001/token?x"), "auth.io:5001");
+        let base = "https://r.io/v2/a/blobs/sha256:1";
+        assert_eq!(redirect_target(base, "/s/x").unwrap(), "https://r.io/s/x");
+        assert_eq!(
+            redirect_target(base, "https://s3.io/b?s=1").unwrap(),
+            "https://s3.io/b?s=1"
+        );
+        assert_eq!(
+            redirect_target(base, "//s3.io/b").unwrap(),
+            "https://s3.io/b"
+        );
+        assert_eq!(
+            redirect_target(base, "x").unwrap(),
+            "https://r.io/v2/a/blobs/x"
+        );
+        assert!(redirect_target(base, "file:///etc/passwd").is_err());
+        assert!(redirect_target(base, "http://r.io/x").is_err());
+        assert!(redirect_target("http://r.io/v2/", "https://r.io/x").is_ok());
     }
 }

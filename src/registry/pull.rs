@@ -275,7 +275,8 @@ fn pull_from(store: &Store, ep: &Endpoint, insecure: bool, opts: &PullOptions) -
     }
     let staging = store.staging()?;
     let fetched = jobs.len();
-    let (mut staged, bytes) = fetch_layers(store, &c, r, jobs, &staging.path, opts)?;
+    // `_locks` keeps the verified partial files locked until the commit has moved them.
+    let (mut staged, bytes, _locks) = fetch_layers(store, &c, r, jobs, &staging.path, opts)?;
     let name = ep.name.store_name();
     let found = Found {
         names: vec![name.clone()],
@@ -314,22 +315,29 @@ fn fetch_layers(
     jobs: Vec<Job<'_>>,
     dir: &std::path::Path,
     opts: &PullOptions,
-) -> Result<(HashMap<String, Staged>, u64)> {
+) -> Result<(HashMap<String, Staged>, u64, Vec<std::fs::File>)> {
     let total = jobs.len();
     let progress = Progress::new(opts.quiet);
     let done = pool::run(jobs, opts.jobs, |i, job| {
         let label = format!("layer {}/{total} {}", i + 1, job.digest.short());
         let pb = progress.bar(job.desc.size, &label);
-        let (s, net) =
+        let (s, net, lock) =
             fetch_one(store, c, r, &job, dir, (&progress, &pb)).inspect_err(|_| pb.abandon())?;
         progress.done(&pb, &label, "fetched", net);
-        Ok((job.key, s, net))
+        Ok((job.key, s, net, lock))
     })?;
-    let bytes = done.iter().map(|(_, _, n)| n).sum();
-    Ok((done.into_iter().map(|(k, s, _)| (k, s)).collect(), bytes))
+    let bytes = done.iter().map(|(_, _, n, _)| n).sum();
+    let mut locks = Vec::new();
+    let mut staged = HashMap::new();
+    for (k, s, _, lock) in done {
+        locks.extend(lock);
+        staged.insert(k, s);
+    }
+    Ok((staged, bytes, locks))
 }
 
-/// Fetches and stages one layer; returns it with the bytes that came over the network.
+/// Fetches and stages one layer; returns it with the bytes that came over the network and
+/// the lock of its partial file.
 fn fetch_one(
     store: &Store,
     c: &Client,
@@ -337,7 +345,7 @@ fn fetch_one(
     job: &Job<'_>,
     dir: &std::path::Path,
     (progress, pb): (&Progress, &ProgressBar),
-) -> Result<(Staged, u64)> {
+) -> Result<(Staged, u64, Option<std::fs::File>)> {
     let keep = !store.has_blob(&job.digest);
     // Blobs the store will keep go through a resumable partial file.
     let partial = match keep {
@@ -353,15 +361,10 @@ fn fetch_one(
         opts: UnpackOptions::for_current_user(),
     };
     let Some(mut p) = partial else {
-        // One byte past the descriptor's size is enough to refuse a longer blob: a registry
-        // cannot keep the unpacker reading forever.
-        let reader = get_blob(c, r, &job.digest, 0)?
-            .into_body()
-            .into_reader()
-            .take(job.desc.size.saturating_add(1));
-        let s = layer::stage(dir, job.n, reader, &lj, pb)?;
+        let net = get_blob(c, r, &job.digest, 0)?.into_body().into_reader();
+        let s = layer::stage(dir, job.n, Capped::new(net, job.desc.size), &lj, pb)?;
         let n = s.size;
-        return Ok((s, n));
+        return Ok((s, n, None));
     };
     if p.len > job.desc.size {
         p.reset()?;
@@ -377,23 +380,21 @@ fn fetch_one(
         if !resumed {
             p.reset()?;
         }
-        Box::new(
-            resp.into_body()
-                .into_reader()
-                .take(job.desc.size.saturating_add(1) - p.len),
-        )
+        Box::new(resp.into_body().into_reader())
     };
     if p.len > 0 {
         progress.note(pb, &format!("{}: resuming at byte {}", job.digest, p.len));
     }
     let kept = p.len;
     let (reader, net_failed) = p.reader(net)?;
-    let res = layer::stage(dir, job.n, reader, &lj, pb);
+    // The cap is outside the partial file's tee: a blob too long is not the network's fault.
+    let res = layer::stage(dir, job.n, Capped::new(reader, job.desc.size), &lj, pb);
     match res {
         Ok(mut s) => {
-            s.blob = Some(p.finish()?);
+            let (path, lock) = p.finish()?;
+            s.blob = Some(path);
             let n = s.size - kept;
-            Ok((s, n))
+            Ok((s, n, Some(lock)))
         }
         // The connection died: keep what came for the next run.
         Err(e) if net_failed.load(std::sync::atomic::Ordering::Relaxed) => Err(e.into()),
@@ -401,5 +402,47 @@ fn fetch_one(
             p.discard();
             Err(e.into())
         }
+    }
+}
+
+/// A blob stream cut at its descriptor's size: a byte more is an error, so a registry
+/// cannot keep the unpacker reading forever.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    size: u64,
+}
+
+impl<R: Read> Capped<R> {
+    fn new(inner: R, size: u64) -> Self {
+        Capped {
+            inner,
+            left: size,
+            size,
+        }
+    }
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the registry sent more than the descriptor's {} bytes",
+                        self.size
+                    ),
+                )),
+            };
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
     }
 }

@@ -7,6 +7,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,7 +40,12 @@ impl Partial {
         if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
             return Ok(None);
         }
-        let len = file.metadata().map_err(io_err("stat", &path))?.len();
+        let meta = file.metadata().map_err(io_err("stat", &path))?;
+        // `image rm` removed it between our open and flock: do without a partial file.
+        if fs::metadata(&path).map_or(true, |m| m.ino() != meta.ino() || m.dev() != meta.dev()) {
+            return Ok(None);
+        }
+        let len = meta.len();
         Ok(Some(Partial { path, file, len }))
     }
 
@@ -73,12 +79,13 @@ impl Partial {
         Ok((kept.chain(tee), failed))
     }
 
-    /// The blob is complete and verified: durable before the store renames it.
-    pub fn finish(self) -> Result<PathBuf> {
+    /// The blob is complete and verified: durable before the store renames it. The file
+    /// returned holds the lock: keep it until then (`image rm` spares locked files).
+    pub fn finish(self) -> Result<(PathBuf, File)> {
         self.file
             .sync_all()
             .map_err(io_err("syncing", &self.path))?;
-        Ok(self.path)
+        Ok((self.path, self.file))
     }
 
     pub fn discard(self) {

@@ -10,8 +10,10 @@ use std::sync::atomic::Ordering;
 
 use super::dircache::{Dir, DirFd};
 use super::inode::{LowerData, Node, NodeState, Place};
-use super::layer::{DirCopy, is_internal_xattr};
+use super::layer::DirCopy;
+use super::link_index::LinkIndex;
 use super::{Union, err};
+use crate::format::{self, is_internal_xattr};
 use crate::sys::{self, RenameMode, SetTime, Stat};
 
 impl Union {
@@ -160,7 +162,7 @@ impl Union {
         self.finish_copy(dir, real, st, work, tmp)?;
         self.record_origin(origin.as_deref(), work, tmp, false);
         self.record_ino(work, tmp, node.ino)?;
-        sys::set_xattr(work, tmp, &self.xattr(b"metacopy"), b"", 0)
+        sys::set_xattr(work, tmp, &self.xattrs.metacopy, b"", 0)
     }
 
     /// Fills a metacopy's upper file with its data, in place: until the marker is removed
@@ -178,7 +180,7 @@ impl Union {
         sys::fsync(&to, true)?;
         // Filling in the data is not a change the user made: the times stay.
         restore_times(dfd.as_fd(), name, &st);
-        sys::remove_xattr(dfd.as_fd(), name, &self.xattr(b"metacopy"))?;
+        sys::remove_xattr(dfd.as_fd(), name, &self.xattrs.metacopy)?;
         s.data = None;
         Ok(())
     }
@@ -197,25 +199,25 @@ impl Union {
     ) -> io::Result<()> {
         let st = &sys::stat_at(dir, real)?;
         let origin = self.origin_of(layer, dir, real);
-        let index = self.index.as_ref().filter(|_| st.st_nlink > 1);
+        let index = self.index.dir().filter(|_| st.st_nlink > 1);
         let Some(index) = index else {
             stage_object(dir, real, st, work, tmp)?;
             self.finish_copy(dir, real, st, work, tmp)?;
             self.record_origin(origin.as_deref(), work, tmp, false);
             return self.record_ino(work, tmp, node.ino);
         };
-        let entry = super::index_name(node.ino);
+        let entry = LinkIndex::entry_name(node.ino);
         let index = index.fd()?;
         if sys::exists_at(index.as_fd(), &entry)? {
             sys::link_at(index.as_fd(), &entry, work, tmp)?;
-            let rest = self.lower_rest(work, tmp)?.unwrap_or(1);
-            return self.set_lower_rest(work, tmp, rest.saturating_sub(1));
+            let rest = self.index.lower_rest(work, tmp)?.unwrap_or(1);
+            return self.index.set_lower_rest(work, tmp, rest.saturating_sub(1));
         }
         stage_object(dir, real, st, work, tmp)?;
         self.finish_copy(dir, real, st, work, tmp)?;
         self.record_ino(work, tmp, node.ino)?;
         self.record_origin(origin.as_deref(), work, tmp, true);
-        self.set_lower_rest(work, tmp, st.st_nlink - 1)?;
+        self.index.set_lower_rest(work, tmp, st.st_nlink - 1)?;
         sys::link_at(work, tmp, index.as_fd(), &entry)
     }
 
@@ -223,7 +225,7 @@ impl Union {
     /// drops. A group without an upper copy gets one, in the index only, so the other names
     /// report the right link count (as the kernel's index does).
     pub(super) fn forget_lower_name(&self, node: &Node) -> io::Result<()> {
-        let Some(index) = self.index.clone() else {
+        let Some(index) = self.index.dir().cloned() else {
             return Ok(());
         };
         let mut s = node.state_mut();
@@ -232,13 +234,7 @@ impl Union {
                 layer: 0,
                 dir,
                 name,
-            } => {
-                let dir = dir.fd()?;
-                if let Some(rest) = self.lower_rest(dir.as_fd(), name)? {
-                    self.set_lower_rest(dir.as_fd(), name, rest.saturating_sub(1))?;
-                }
-                Ok(())
-            }
+            } => self.index.lower_name_gone(dir.fd()?.as_fd(), name),
             Place::Leaf { dir, name, layer } => {
                 let dir = dir.fd()?;
                 let st = sys::stat_at(dir.as_fd(), name)?;
@@ -249,12 +245,12 @@ impl Union {
                 let work = self.work_fd()?;
                 let work = work.as_fd();
                 let tmp = self.stage_name();
-                let entry = super::index_name(node.ino);
+                let entry = LinkIndex::entry_name(node.ino);
                 let staged = stage_object(dir.as_fd(), name, &st, work, &tmp)
                     .and_then(|()| self.finish_copy(dir.as_fd(), name, &st, work, &tmp))
                     .and_then(|()| self.record_ino(work, &tmp, node.ino))
                     .map(|()| self.record_origin(origin.as_deref(), work, &tmp, true))
-                    .and_then(|()| self.set_lower_rest(work, &tmp, st.st_nlink - 1));
+                    .and_then(|()| self.index.set_lower_rest(work, &tmp, st.st_nlink - 1));
                 self.place_staged(staged, work, &tmp, index.fd()?.as_fd(), &entry, false)?;
                 s.place = Place::Leaf {
                     layer: 0,
@@ -271,7 +267,7 @@ impl Union {
     /// whiteout).
     pub(super) fn name_in_upper(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
         match sys::stat_at(pdir, name) {
-            Ok(st) => Ok(!(st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0)),
+            Ok(st) => Ok(!format::is_chardev_whiteout(&st)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(e),
         }
@@ -298,11 +294,8 @@ impl Union {
         let tmp = self.stage_name();
         sys::link_at(dir.fd()?.as_fd(), &real, work, &tmp)?;
         let r = self
-            .lower_rest(work, &tmp)
-            .and_then(|rest| match rest {
-                Some(n) => self.set_lower_rest(work, &tmp, n.saturating_sub(1)),
-                None => Ok(()),
-            })
+            .index
+            .lower_name_gone(work, &tmp)
             .and_then(|()| sys::rename_at(work, &tmp, pdir, name, RenameMode::NoReplace));
         if r.is_err() {
             let _ = sys::unlink_at(work, &tmp, false);
@@ -313,7 +306,7 @@ impl Union {
     /// Records the stable inode number on a staged copy, so the file keeps its `st_ino`
     /// after copy-up and remount (the kernel records its origin for the same reason).
     fn record_ino(&self, work: BorrowedFd<'_>, tmp: &OsStr, ino: u64) -> io::Result<()> {
-        match sys::set_xattr(work, tmp, &self.ino_xattr, &ino.to_le_bytes(), 0) {
+        match sys::set_xattr(work, tmp, &self.xattrs.ino, &ino.to_le_bytes(), 0) {
             // user.* xattrs are refused on symlinks (rootless): such a link gets a new number.
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
             r => r,
@@ -323,10 +316,10 @@ impl Union {
     /// Marks an upper directory as holding entries with recorded inode numbers.
     pub(super) fn mark_impure(&self, dir: BorrowedFd<'_>) {
         if matches!(
-            sys::get_xattr_value(dir, OsStr::new(""), &self.impure_xattr),
+            sys::get_xattr_value(dir, OsStr::new(""), &self.xattrs.impure),
             Ok(None)
         ) {
-            let _ = sys::set_xattr(dir, OsStr::new(""), &self.impure_xattr, b"y", 0);
+            let _ = sys::set_xattr(dir, OsStr::new(""), &self.xattrs.impure, b"y", 0);
         }
     }
 

@@ -1,9 +1,11 @@
 //! The inode table: FUSE node ids, lookup counts and stable `st_ino`.
 //!
-//! Node ids come from a counter and are never reused. `st_ino` is derived from the real inode
-//! of the topmost copy (like kernel overlayfs with all layers on one filesystem), so it is the
-//! same after remount and equals what readdir reports; layers on other filesystems get their
-//! device index in the high bits (the kernel's "xino" idea) so numbers cannot collide.
+//! A node's id is its stable `st_ino` (the root's is 1, as FUSE fixes it), so every name of
+//! one file (hard links) is one node; a generation counter tells apart two files that had the
+//! same number at different times. `st_ino` is derived from the real inode of the topmost copy
+//! (like kernel overlayfs with all layers on one filesystem), or recorded at copy-up, so it is
+//! the same after remount and equals what readdir reports; layers on other filesystems get
+//! their device index in the high bits (the kernel's "xino" idea) so numbers cannot collide.
 
 use std::ffi::OsString;
 use std::io;

@@ -8,28 +8,17 @@ use std::os::unix::ffi::OsStringExt;
 
 use super::dircache::Dir;
 use super::inode::{LowerData, Place};
-use super::layer::{DirCopy, Layer, WH_PREFIX};
+use super::layer::{DirCopy, Layer};
+use crate::format::{self, Class};
 use crate::sys::{self, Stat};
 
 fn enoent() -> io::Error {
     io::Error::from_raw_os_error(libc::ENOENT)
 }
 
-/// The xattrs that redirect a renamed directory to where its lower copies live (the kernel's
-/// `redirect_dir` format: a name in the same parent, or a path from the layer root).
-pub const REDIRECT_XATTRS: [&[u8]; 2] = [b"trusted.overlay.redirect", b"user.overlay.redirect"];
-
 /// Reads a directory copy's redirect, if it has one.
 pub fn redirect_of(dir: &DirCopy) -> io::Result<Option<Vec<u8>>> {
-    let fd = dir.dir.fd()?;
-    for key in REDIRECT_XATTRS {
-        if let Some(v) = sys::get_xattr_value(fd.as_fd(), OsStr::new(""), key)?
-            && !v.is_empty()
-        {
-            return Ok(Some(v));
-        }
-    }
-    Ok(None)
+    format::redirect(dir.dir.fd()?.as_fd(), OsStr::new(""))
 }
 
 /// Outcome of following an absolute redirect in one layer.
@@ -88,25 +77,31 @@ pub struct Resolved {
     pub data: Option<LowerData>,
 }
 
-/// The xattrs marking an upper file as a metacopy (metadata only; the kernel's format, an
-/// empty value or a version header, both accepted).
-pub const METACOPY_XATTRS: [&[u8]; 2] = [b"trusted.overlay.metacopy", b"user.overlay.metacopy"];
+/// One candidate for the name in one layer.
+enum Step {
+    /// The entry, the directory holding it and its name there; `meta`: an upper metacopy.
+    Found {
+        st: Stat,
+        pdir: Dir,
+        cand: OsString,
+        meta: bool,
+    },
+    /// Nothing in this layer: try the next one.
+    Next,
+    /// A whiteout (or an end of the parent's copies): no lower layer may supply the name.
+    Stop,
+}
 
-/// Whether upper file `name` in `dir` is a metacopy. A metacopy has no data blocks (at most
-/// one block of xattrs), so large files with data cost no xattr read.
-fn is_metacopy(dir: &Dir, name: &OsStr, st: &Stat) -> io::Result<bool> {
-    const XATTR_BLOCK_SECTORS: u64 = 16;
-    let (blocks, size) = (st.st_blocks as u64, st.st_size as u64);
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG
-        || size == 0
-        || (blocks > XATTR_BLOCK_SECTORS && blocks * 512 >= size)
-    {
-        return Ok(false);
-    }
-    let names = sys::list_xattr_all(dir.fd()?.as_fd(), name)?;
-    Ok(names
-        .split(|&b| b == 0)
-        .any(|k| METACOPY_XATTRS.contains(&k)))
+/// The state of one resolution, carried from layer to layer.
+struct Search<'a> {
+    layers: &'a [Layer],
+    parent: &'a [DirCopy],
+    /// The parent copy for the current layer (by name lookups).
+    pi: usize,
+    look: Look,
+    dirs: Vec<DirCopy>,
+    top: Option<Stat>,
+    redirect: Option<Vec<u8>>,
 }
 
 /// Resolves `name` below the copies of its parent directory (topmost first).
@@ -117,113 +112,186 @@ fn is_metacopy(dir: &Dir, name: &OsStr, st: &Stat) -> io::Result<bool> {
 /// redirects met in lower layers are followed too, as the kernel does.
 pub fn resolve(layers: &[Layer], parent: &[DirCopy], name: &OsStr) -> io::Result<Resolved> {
     // Whiteout files are the union's own markers, never entries of the merged view.
-    if name.as_bytes().starts_with(WH_PREFIX) {
+    if format::is_format_name(name.as_bytes()) {
         return Err(enoent());
     }
-    let mut dirs: Vec<DirCopy> = Vec::new();
-    let mut top: Option<Stat> = None;
-    let mut look = Look::Name(name.to_owned());
-    let mut redirect: Option<Vec<u8>> = None;
+    let mut s = Search {
+        layers,
+        parent,
+        pi: 0,
+        look: Look::Name(name.to_owned()),
+        dirs: Vec::new(),
+        top: None,
+        redirect: None,
+    };
     let first = parent.first().map_or(layers.len(), |c| c.layer);
-    let mut pi = 0;
     for layer in first..layers.len() {
-        // The directory holding the candidate in this layer, and its name there.
-        let (pdir, cand, found): (Dir, OsString, Option<Stat>) = match &look {
-            Look::Name(n) => {
-                while pi < parent.len() && parent[pi].layer < layer {
-                    pi += 1;
-                }
-                let Some(copy) = parent.get(pi).filter(|c| c.layer == layer) else {
-                    if pi >= parent.len() {
-                        break;
-                    }
-                    continue;
-                };
-                let st = match sys::stat_at(copy.dir.fd()?.as_fd(), n) {
-                    Ok(st) => st,
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                        if copy.oci_whiteout(n)? {
-                            break;
-                        }
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
-                if copy.is_whiteout(n, &st)? {
-                    break;
-                }
-                (copy.dir.clone(), n.clone(), Some(st))
-            }
-            Look::Path(path) => match walk_abs(layers, layer, path)? {
-                Walk::Found(st, pdir) => {
-                    let last = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
-                    (pdir, OsStr::from_bytes(last).to_owned(), Some(st))
-                }
-                Walk::Missing => continue,
-                Walk::Stop => break,
-            },
+        let (st, pdir, cand, meta) = match s.candidate(layer)? {
+            Step::Found {
+                st,
+                pdir,
+                cand,
+                meta,
+            } => (st, pdir, cand, meta),
+            Step::Next => continue,
+            Step::Stop => break,
         };
-        let Some(st) = found else { continue };
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-            if dirs.is_empty() {
-                let mut stat = st;
-                let mut data = None;
-                // A metacopy's data is the same name further down (only the upper copy of a
-                // file can be one, and a file never carries a redirect of its own).
-                if layers[layer].upper
-                    && matches!(look, Look::Name(_))
-                    && is_metacopy(&pdir, &cand, &st)?
-                    && let Ok(Resolved {
-                        place: Place::Leaf { layer, dir, name },
-                        stat: lst,
-                        ..
-                    }) = resolve(layers, parent.get(pi + 1..).unwrap_or_default(), &cand)
-                    && lst.st_mode & libc::S_IFMT == libc::S_IFREG
-                {
-                    // The kernel reports the data's blocks, not the empty copy's.
-                    stat.st_blocks = lst.st_blocks;
-                    data = Some(LowerData { layer, dir, name });
-                }
-                let place = Place::Leaf {
-                    layer,
-                    dir: pdir,
-                    name: cand,
-                };
-                return Ok(Resolved {
-                    place,
-                    stat,
-                    redirect: None,
-                    data,
-                });
+            if s.dirs.is_empty() {
+                return s.leaf(layer, st, pdir, cand, meta);
             }
             // A file below a directory is hidden by it.
             break;
         }
-        let (d, _) = pdir.child(&pdir.fd()?, &cand, &st)?;
-        let dir = DirCopy::new(layer, d, &st, layers[layer].upper);
+        if !s.merge_dir(layer, st, &pdir, &cand)? {
+            break;
+        }
+    }
+    match s.top {
+        Some(stat) => Ok(Resolved {
+            place: Place::Dir(s.dirs),
+            stat,
+            redirect: s.redirect,
+            data: None,
+        }),
+        None => Err(enoent()),
+    }
+}
+
+impl Search<'_> {
+    /// Looks for the candidate in `layer`: by name in the parent's copy there, or by path
+    /// from the layer root after an absolute redirect.
+    fn candidate(&mut self, layer: usize) -> io::Result<Step> {
+        let n = match &self.look {
+            Look::Name(n) => n,
+            Look::Path(path) => {
+                return Ok(match walk_abs(self.layers, layer, path)? {
+                    Walk::Found(st, pdir) => {
+                        let last = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
+                        Step::Found {
+                            st,
+                            pdir,
+                            cand: OsStr::from_bytes(last).to_owned(),
+                            meta: false,
+                        }
+                    }
+                    Walk::Missing => Step::Next,
+                    Walk::Stop => Step::Stop,
+                });
+            }
+        };
+        let parent = self.parent;
+        while self.pi < parent.len() && parent[self.pi].layer < layer {
+            self.pi += 1;
+        }
+        let Some(copy) = parent.get(self.pi).filter(|c| c.layer == layer) else {
+            return Ok(if self.pi >= parent.len() {
+                Step::Stop
+            } else {
+                Step::Next
+            });
+        };
+        let fd = copy.dir.fd()?;
+        let st = match sys::stat_at(fd.as_fd(), n) {
+            Ok(st) => st,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Ok(if copy.oci_whiteout(n)? {
+                    Step::Stop
+                } else {
+                    Step::Next
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        // Directories are classified through their own copy (`merge_dir`): its markers are
+        // read from its fd once and kept for the lookups below it.
+        let class = match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => Class::Plain,
+            _ => format::classify(fd.as_fd(), n, &st, copy)?,
+        };
+        Ok(match class {
+            Class::Whiteout(_) => Step::Stop,
+            class => Step::Found {
+                st,
+                pdir: copy.dir.clone(),
+                cand: n.clone(),
+                meta: class == Class::Metacopy,
+            },
+        })
+    }
+
+    /// The topmost copy is a non-directory: it is the entry. A metacopy's data is the same
+    /// name further down (only the upper copy of a file can be one, and a file never carries
+    /// a redirect of its own).
+    fn leaf(
+        &self,
+        layer: usize,
+        mut stat: Stat,
+        pdir: Dir,
+        cand: OsString,
+        meta: bool,
+    ) -> io::Result<Resolved> {
+        let mut data = None;
+        if meta
+            && let Ok(Resolved {
+                place: Place::Leaf { layer, dir, name },
+                stat: lst,
+                ..
+            }) = resolve(
+                self.layers,
+                self.parent.get(self.pi + 1..).unwrap_or_default(),
+                &cand,
+            )
+            && lst.st_mode & libc::S_IFMT == libc::S_IFREG
+        {
+            // The kernel reports the data's blocks, not the empty copy's.
+            stat.st_blocks = lst.st_blocks;
+            data = Some(LowerData { layer, dir, name });
+        }
+        let place = Place::Leaf {
+            layer,
+            dir: pdir,
+            name: cand,
+        };
+        Ok(Resolved {
+            place,
+            stat,
+            redirect: None,
+            data,
+        })
+    }
+
+    /// Adds the directory copy found in `layer` to the merge. Returns whether lower layers
+    /// still take part (not after an opaque copy), following its redirect if it has one.
+    fn merge_dir(&mut self, layer: usize, st: Stat, pdir: &Dir, cand: &OsStr) -> io::Result<bool> {
+        let upper = self.layers[layer].upper;
+        let (d, _) = pdir.child(&pdir.fd()?, cand, &st)?;
+        let dir = DirCopy::new(layer, d, &st, upper);
         // A `.wh.<name>` beside the directory hides the lower copies, like an opaque marker.
-        let beside = match &look {
-            Look::Name(_) => parent
-                .get(pi)
-                .map_or(Ok(false), |c| c.oci_whiteout(&cand))?,
+        let beside = match &self.look {
+            Look::Name(_) => self
+                .parent
+                .get(self.pi)
+                .map_or(Ok(false), |c| c.oci_whiteout(cand))?,
             Look::Path(_) => false,
         };
         let opaque = dir.is_opaque()? || beside;
         let here = if opaque { None } else { redirect_of(&dir)? };
-        dirs.push(dir);
-        top.get_or_insert(st);
+        self.dirs.push(dir);
+        self.top.get_or_insert(st);
         if opaque {
-            break;
+            return Ok(false);
         }
         if let Some(r) = here {
             // Only the upper copy's redirect is the directory's own (it is what a rename
             // replaces); lower ones are followed but belong to those layers.
-            if layers[layer].upper {
-                redirect = Some(r.clone());
+            if upper {
+                self.redirect = Some(r.clone());
             }
-            look = match (r.first() == Some(&b'/'), look) {
-                (true, _) => Look::Path(r.clone()),
-                (false, Look::Name(_)) => Look::Name(OsString::from_vec(r.clone())),
+            let look = std::mem::replace(&mut self.look, Look::Name(OsString::new()));
+            self.look = match (r.first() == Some(&b'/'), look) {
+                (true, _) => Look::Path(r),
+                (false, Look::Name(_)) => Look::Name(OsString::from_vec(r)),
                 // A relative redirect below an absolute one replaces its last component.
                 (false, Look::Path(p)) => {
                     let cut = p.iter().rposition(|&b| b == b'/').unwrap_or(0);
@@ -231,14 +299,6 @@ pub fn resolve(layers: &[Layer], parent: &[DirCopy], name: &OsStr) -> io::Result
                 }
             };
         }
-    }
-    match top {
-        Some(stat) => Ok(Resolved {
-            place: Place::Dir(dirs),
-            stat,
-            redirect,
-            data: None,
-        }),
-        None => Err(enoent()),
+        Ok(true)
     }
 }

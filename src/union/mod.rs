@@ -5,36 +5,38 @@
 
 mod copy_up;
 mod dircache;
+mod handles;
 mod inode;
 mod layer;
+mod link_index;
 mod lookup;
 mod ops;
 mod override_stat;
 mod readdir;
+mod rename;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-
-use dashmap::DashMap;
 
 pub use dircache::{SIZE_ENV as DIR_FDS_ENV, Stats as DirFdStats, size_for_limit};
 pub use inode::{Node, ROOT_ID, table};
-pub use layer::{is_internal_xattr, shown_xattr_name, stored_xattr_name};
-pub use lookup::METACOPY_XATTRS;
 pub use ops::{Caller, SetAttr};
 pub use readdir::Entry;
 pub use rustix::fs::FileType;
 pub use sys::{RenameMode, SetTime};
 
 use dircache::{Dir, DirCache};
+use handles::{DirHandle, Handles, OpenFile};
 use inode::{InoMap, NodeState, NodeTable, Place};
 use layer::{DirCopy, Layer};
+use link_index::LinkIndex;
 
+use crate::format::{OverlayXattrs, shown_xattr_name, stored_xattr_name};
 use crate::sys::{self, Stat, StatVfs};
 
 fn err(code: i32) -> io::Error {
@@ -74,24 +76,12 @@ const INDEX: &str = "strata-index";
 /// The kernel's hard-link index directory.
 const KERNEL_INDEX: &str = "index";
 
-/// A listing snapshot for one open directory.
-struct DirHandle {
-    node: Arc<Node>,
-    /// The directory copies whose fds stay open while the directory is.
-    pinned: Vec<Dir>,
-    /// Built on the first read from offset 0, rebuilt when a reader rewinds to 0.
-    entries: Option<Arc<Vec<Entry>>>,
-}
-
 pub struct Union {
     layers: Vec<Layer>,
     nodes: NodeTable,
     inos: InoMap,
-    /// Open files: node, file, and whether it was opened on a lower copy (such a handle
-    /// follows a later copy-up).
-    files: DashMap<u64, (Arc<Node>, Arc<File>, bool)>,
-    dirs: DashMap<u64, Arc<Mutex<DirHandle>>>,
-    next_fh: AtomicU64,
+    /// Open files and directories.
+    handles: Handles,
     /// Nodes forgotten so far: every thousand, memory goes back to the system.
     forgotten: AtomicU64,
     /// The fds of layer directories, bounded.
@@ -99,22 +89,13 @@ pub struct Union {
     /// `workdir/work`, where objects are built before being renamed into the upper.
     work: Option<Dir>,
     stage_seq: AtomicU64,
-    /// `trusted.overlay.` with CAP_SYS_ADMIN, else `user.overlay.` (the kernel's userxattr).
-    xattr_prefix: &'static [u8],
+    /// The union's own xattr names: `trusted.overlay.` with CAP_SYS_ADMIN, else
+    /// `user.overlay.` (the kernel's userxattr).
+    xattrs: OverlayXattrs,
     /// Whether deletions are recorded as char 0/0 devices (else `.wh.` files).
     chardev_whiteouts: bool,
-    /// `overlay.strata.ino`: the stable inode number a copied-up object keeps (its origin's).
-    ino_xattr: Vec<u8>,
-    /// `overlay.impure`: set on upper directories holding such objects (the kernel's name).
-    impure_xattr: Vec<u8>,
-    /// `workdir/strata-index`: one link per lower hard-link group that has an upper copy, so
-    /// every name of the group finds the same upper file, also after remount.
-    index: Option<Dir>,
-    /// `overlay.strata.nlink` on an indexed file: its lower names not (yet) in the upper.
-    nlink_xattr: Vec<u8>,
-    /// `workdir/index`: the kernel's hard-link index (`index=on`), kept alongside strata's so
-    /// kernel overlayfs mounted over this upper sees hard-link groups as one file too.
-    kernel_index: Option<Dir>,
+    /// The hard-link index (strata's and the kernel's, in the workdir).
+    index: LinkIndex,
     no_metacopy: bool,
     static_nlink: bool,
     no_redirect: bool,
@@ -155,8 +136,8 @@ impl Union {
                 Some(cache.fixed(open_or_make_dir(w.as_fd(), INDEX)?)),
                 Some(cache.fixed(open_or_make_dir(w.as_fd(), KERNEL_INDEX)?)),
             ),
-            // An upper without a workdir: a read-only view of it (commit reads uppers so).
-            (Some(_), None) => (None, None, None),
+            // No upper, or an upper without a workdir: a read-only view (commit reads uppers
+            // so).
             _ => (None, None, None),
         };
         let privileged = !opts.userxattr
@@ -164,11 +145,7 @@ impl Union {
                 .as_ref()
                 .and_then(|w| w.fd().ok())
                 .is_some_and(|w| can_set_trusted(w.as_fd()));
-        let prefix: &'static [u8] = if privileged {
-            b"trusted.overlay."
-        } else {
-            b"user.overlay."
-        };
+        let xattrs = OverlayXattrs::new(privileged);
         let chardev_whiteouts = match (opts.whiteout, &work) {
             (crate::options::WhiteoutFormat::Oci, _) | (_, None) => false,
             (crate::options::WhiteoutFormat::CharDev, _) => true,
@@ -176,24 +153,7 @@ impl Union {
                 w.fd().is_ok_and(|w| sys::can_mknod_whiteout(w.as_fd()))
             }
         };
-        let mut layers = Vec::new();
-        let uuid = |fd: &OwnedFd| {
-            sys::open_dir_for_read(fd.as_fd()).map_or([0; 16], |d| sys::fs_uuid(d.as_fd()))
-        };
-        if let Some(u) = stack.upper {
-            layers.push(Layer {
-                uuid: uuid(&u),
-                root: cache.fixed(u),
-                upper: true,
-            });
-        }
-        for l in stack.lowers {
-            layers.push(Layer {
-                uuid: uuid(&l),
-                root: cache.fixed(l),
-                upper: false,
-            });
-        }
+        let layers = open_layers(&cache, stack.upper, stack.lowers);
         if layers.is_empty() {
             return Err(err(libc::EINVAL));
         }
@@ -203,37 +163,37 @@ impl Union {
             layers,
             nodes: NodeTable::new(),
             inos: InoMap::default(),
-            files: inode::table(),
-            dirs: inode::table(),
-            next_fh: AtomicU64::new(1),
+            handles: Handles::new(),
             forgotten: AtomicU64::new(0),
             dir_fds: cache,
             work,
             stage_seq: AtomicU64::new(0),
-            xattr_prefix: prefix,
+            xattrs: xattrs.clone(),
             chardev_whiteouts,
-            ino_xattr: [prefix, b"strata.ino"].concat(),
-            impure_xattr: [prefix, b"impure"].concat(),
-            index,
-            nlink_xattr: [prefix, b"strata.nlink"].concat(),
-            kernel_index,
+            index: LinkIndex::new(index, kernel_index, xattrs),
             no_metacopy: opts.no_metacopy,
             static_nlink: opts.static_nlink,
             no_redirect: opts.no_redirect,
             overrides,
         };
-        // The root merges every layer; opacity of a layer root is ignored, as in the kernel.
+        u.insert_root()?;
+        Ok(u)
+    }
+
+    /// The root node: it merges every layer (opacity of a layer root is ignored, as in the
+    /// kernel).
+    fn insert_root(&self) -> io::Result<()> {
         let mut copies = Vec::new();
         let mut top = None;
-        for (i, l) in u.layers.iter().enumerate() {
+        for (i, l) in self.layers.iter().enumerate() {
             let st = sys::stat_fd(l.root.fd()?.as_fd())?;
             top.get_or_insert(st);
             copies.push(DirCopy::new(i, l.root.clone(), &st, l.upper));
         }
         let top = top.ok_or_else(|| err(libc::EINVAL))?;
         // The first device seen gets index 0 (unchanged inode numbers).
-        let ino = u.inos.map(top.st_dev, top.st_ino);
-        u.nodes.insert_root(
+        let ino = self.inos.map(top.st_dev, top.st_ino);
+        self.nodes.insert_root(
             ino,
             NodeState {
                 parent: None,
@@ -243,7 +203,7 @@ impl Union {
                 data: None,
             },
         );
-        Ok(u)
+        Ok(())
     }
 
     /// Whether a file's data can no longer change place: it is in the upper layer, or there
@@ -290,6 +250,13 @@ impl Union {
         Ok((node, st))
     }
 
+    /// Looks up `name` for the union's own use: the lookup reference goes when the guard is
+    /// dropped, on every path.
+    pub(super) fn lookup_held(&self, parent: u64, name: &OsStr) -> io::Result<Held<'_>> {
+        let (node, _) = self.lookup(parent, name)?;
+        Ok(Held { union: self, node })
+    }
+
     /// `st_ino` of an entry: its origin's number if it was copied up, else its real one.
     fn stable_ino(&self, place: &Place, st: &Stat) -> io::Result<u64> {
         let recorded = match place {
@@ -298,11 +265,13 @@ impl Union {
                 dir,
                 name,
             } if self.has_upper() => {
-                sys::get_xattr_value(dir.fd()?.as_fd(), name, &self.ino_xattr)?
+                sys::get_xattr_value(dir.fd()?.as_fd(), name, &self.xattrs.ino)?
             }
-            Place::Dir(copies) if copies[0].upper() => {
-                sys::get_xattr_value(copies[0].dir.fd()?.as_fd(), OsStr::new(""), &self.ino_xattr)?
-            }
+            Place::Dir(copies) if copies[0].upper() => sys::get_xattr_value(
+                copies[0].dir.fd()?.as_fd(),
+                OsStr::new(""),
+                &self.xattrs.ino,
+            )?,
             _ => None,
         };
         Ok(recorded
@@ -335,57 +304,19 @@ impl Union {
 
     /// A lower file with several links whose group already has an upper copy is that copy.
     fn indexed_place(&self, place: Place, st: Stat, ino: u64) -> io::Result<(Place, Stat)> {
-        if let (Place::Leaf { layer, .. }, Some(index)) = (&place, &self.index)
+        if let Place::Leaf { layer, .. } = &place
             && *layer != 0
             && st.st_nlink > 1
+            && let Some((dir, name, ist)) = self.index.find(ino)?
         {
-            let name = index_name(ino);
-            match sys::stat_at(index.fd()?.as_fd(), &name) {
-                Ok(ist) => {
-                    let place = Place::Leaf {
-                        layer: 0,
-                        dir: index.clone(),
-                        name,
-                    };
-                    return Ok((place, ist));
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(e),
-            }
+            let place = Place::Leaf {
+                layer: 0,
+                dir,
+                name,
+            };
+            return Ok((place, ist));
         }
         Ok((place, st))
-    }
-
-    /// Lower names of an indexed file not yet in the upper layer (None: not indexed).
-    pub(super) fn lower_rest(
-        &self,
-        dir: std::os::fd::BorrowedFd<'_>,
-        name: &OsStr,
-    ) -> io::Result<Option<u64>> {
-        let v = sys::get_xattr_value(dir, name, &self.nlink_xattr)?;
-        Ok(v.and_then(|v| v.try_into().ok().map(u64::from_le_bytes)))
-    }
-
-    pub(super) fn set_lower_rest(
-        &self,
-        dir: std::os::fd::BorrowedFd<'_>,
-        name: &OsStr,
-        n: u64,
-    ) -> io::Result<()> {
-        sys::set_xattr(dir, name, &self.nlink_xattr, &n.to_le_bytes(), 0)?;
-        // The kernel's record: merged link count relative to the upper inode's ("U+n"), which
-        // counts the index links too.
-        let kernel = format!("U{:+}", n as i64 - self.index_links(dir, name) as i64);
-        sys::set_xattr(dir, name, &self.xattr(b"nlink"), kernel.as_bytes(), 0)
-    }
-
-    /// How many of an indexed file's links are index entries (strata's, and the kernel's
-    /// where it could be made), not names.
-    pub(super) fn index_links(&self, dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> u64 {
-        match sys::get_xattr_value(dir, name, &self.xattr(b"strata.links")) {
-            Ok(Some(v)) => v.try_into().map_or(1, u64::from_le_bytes),
-            _ => 1,
-        }
     }
 
     /// The kernel's origin record (`struct ovl_fb`) of `name` in `dir` on lower `layer`: a file
@@ -413,21 +344,10 @@ impl Union {
         group: bool,
     ) {
         let Some(fb) = origin else { return };
-        if sys::set_xattr(work, tmp, &self.xattr(b"origin"), fb, 0).is_err() || !group {
+        if sys::set_xattr(work, tmp, &self.xattrs.origin, fb, 0).is_err() || !group {
             return;
         }
-        if let Some(kindex) = self.kernel_index.as_ref().and_then(|k| k.fd().ok()) {
-            let hex: String = fb.iter().map(|b| format!("{b:02x}")).collect();
-            let linked = sys::link_at(work, tmp, kindex.as_fd(), OsStr::new(&hex)).is_ok();
-            let links: u64 = if linked { 2 } else { 1 };
-            let _ = sys::set_xattr(
-                work,
-                tmp,
-                &self.xattr(b"strata.links"),
-                &links.to_le_bytes(),
-                0,
-            );
-        }
+        self.index.link_kernel(work, tmp, fb);
     }
 
     /// Presents a real stat as the union's: stable inode number, and nlink 1 for merged
@@ -439,7 +359,7 @@ impl Union {
             st.st_nlink = 0;
         } else if node.hidden_link.lock().is_ok_and(|h| h.is_some()) {
             st.st_nlink = st.st_nlink.saturating_sub(1);
-        } else if let Some(index) = &self.index
+        } else if let Some(index) = self.index.dir()
             && !node.is_dir
             && let Place::Leaf {
                 layer: 0,
@@ -450,11 +370,9 @@ impl Union {
             // name gone) it is reached through the index itself. Other files skip the xattr.
             && (st.st_nlink > 1 || Dir::ptr_eq(dir, index))
             && let Ok(dfd) = dir.fd()
-            && let Ok(Some(rest)) = self.lower_rest(dfd.as_fd(), name)
+            && let Some(n) = self.index.merged_nlink(dfd.as_fd(), name, st.st_nlink)
         {
-            // Upper links other than the index entries, plus the lower names still standing.
-            let links = self.index_links(dfd.as_fd(), name);
-            st.st_nlink = (st.st_nlink.saturating_sub(links) + rest) as _;
+            st.st_nlink = n;
         }
         if let Place::Dir(copies) = &node.state().place
             && copies.len() > 1
@@ -469,9 +387,12 @@ impl Union {
         let node = self.node(id)?;
         // A handle on a lower copy (or a metacopy's data) does not carry the file's own
         // metadata, which may have been copied up since.
-        let file = match self.files.get(&fh) {
-            Some(h) if !h.2 => h.1.clone(),
-            _ => return self.getattr(id),
+        let file = match self.handles.find(id, fh) {
+            Ok(h) if !h.on_lower => h.file,
+            Ok(_) => return self.getattr(id),
+            // A handle that is gone: the node's own attributes (a release may have raced).
+            Err(_) if self.handles.file(fh).is_err() => return self.getattr(id),
+            Err(e) => return Err(e),
         };
         let st = Self::data_blocks(&node.state(), sys::stat_fd(file.as_fd())?);
         Ok(self.fix_stat(&node, st))
@@ -519,7 +440,7 @@ impl Union {
         if writes {
             self.copy_up(&node)?;
         }
-        let (file, lower) = {
+        let (file, on_lower) = {
             let s = node.state();
             match (&s.place, &s.data) {
                 // A metacopy read from where its data is (writes have completed the copy).
@@ -541,10 +462,12 @@ impl Union {
         if flags & libc::O_TRUNC != 0 {
             file.set_len(0)?;
         }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let file = Arc::new(file);
-        node.opens.fetch_add(1, Ordering::Relaxed);
-        self.files.insert(fh, (node, file.clone(), lower));
+        let fh = self.handles.add_file(OpenFile {
+            node,
+            file: file.clone(),
+            on_lower,
+        });
         Ok((fh, file))
     }
 
@@ -569,12 +492,12 @@ impl Union {
     /// been copied up since reads the upper copy from then on, as kernel overlayfs (4.19+)
     /// switches such a file to the upper one.
     pub(super) fn file_current(&self, fh: u64) -> io::Result<Arc<File>> {
-        let (node, file, lower) = self
-            .files
-            .get(&fh)
-            .map(|h| h.value().clone())
-            .ok_or_else(|| err(libc::EBADF))?;
-        if !lower || !Self::data_in_upper(&node.state()) {
+        let OpenFile {
+            node,
+            file,
+            on_lower,
+        } = self.handles.file(fh)?;
+        if !on_lower || !Self::data_in_upper(&node.state()) {
             return Ok(file);
         }
         let upper = {
@@ -587,19 +510,14 @@ impl Union {
                 Place::Dir(_) => return Err(err(libc::EISDIR)),
             }
         };
-        if let Some(mut h) = self.files.get_mut(&fh) {
-            h.1 = upper.clone();
-            h.2 = false;
-        }
+        self.handles.switch_to_upper(fh, upper.clone());
         Ok(upper)
     }
 
     /// Closes a file handle. An unlinked file's hidden link stays until the kernel forgets
     /// the node: it may still ask about it (an `O_PATH` fd, a second open file).
     pub fn release(&self, fh: u64) {
-        if let Some((_, (node, _, _))) = self.files.remove(&fh) {
-            node.opens.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.handles.remove_file(fh);
     }
 
     pub fn opendir(&self, id: u64) -> io::Result<u64> {
@@ -620,24 +538,17 @@ impl Union {
             }
             pinned.push(d);
         }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let h = DirHandle {
+        Ok(self.handles.add_dir(DirHandle {
             node,
             pinned,
             entries: None,
-        };
-        self.dirs.insert(fh, Arc::new(Mutex::new(h)));
-        Ok(fh)
+        }))
     }
 
     /// The listing snapshot of an open directory, built on the first read and rebuilt when a
     /// reader rewinds to offset 0.
     fn snapshot(&self, fh: u64, offset: u64) -> io::Result<(Arc<Node>, Arc<Vec<Entry>>)> {
-        let h = self
-            .dirs
-            .get(&fh)
-            .map(|h| h.clone())
-            .ok_or_else(|| err(libc::EBADF))?;
+        let h = self.handles.dir(fh)?;
         let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
         let entries = match &h.entries {
             Some(e) if offset != 0 => e.clone(),
@@ -720,10 +631,7 @@ impl Union {
     }
 
     pub fn releasedir(&self, fh: u64) {
-        if let Some((_, h)) = self.dirs.remove(&fh) {
-            let h = h.lock().unwrap_or_else(|p| p.into_inner());
-            h.pinned.iter().for_each(Dir::unpin);
-        }
+        self.handles.remove_dir(fh);
     }
 
     /// Counters of the directory fd cache.
@@ -743,11 +651,11 @@ impl Union {
                 let v = sys::get_xattr_value(
                     copy.dir.fd()?.as_fd(),
                     OsStr::from_bytes(name),
-                    &self.ino_xattr,
+                    &self.xattrs.ino,
                 )?;
                 Ok(v.and_then(|v| v.try_into().ok().map(u64::from_le_bytes)))
             },
-            &self.impure_xattr,
+            &self.xattrs.impure,
         )
     }
 
@@ -794,6 +702,42 @@ impl Union {
     }
 }
 
+/// A lookup reference the union holds for itself while it works on a node (virtiofsd's
+/// `StrongInodeReference`): released when dropped, so no error path can leak or double it.
+pub(super) struct Held<'a> {
+    union: &'a Union,
+    node: Arc<Node>,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Arc<Node>;
+    fn deref(&self) -> &Arc<Node> {
+        &self.node
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.union.forget(self.node.id, 1);
+    }
+}
+
+/// The layers, top first: the upper (if any), then the lowers, each root a fixed fd.
+fn open_layers(cache: &DirCache, upper: Option<OwnedFd>, lowers: Vec<OwnedFd>) -> Vec<Layer> {
+    let uuid = |fd: &OwnedFd| {
+        sys::open_dir_for_read(fd.as_fd()).map_or([0; 16], |d| sys::fs_uuid(d.as_fd()))
+    };
+    let roots = upper.map(|u| (u, true)).into_iter();
+    roots
+        .chain(lowers.into_iter().map(|l| (l, false)))
+        .map(|(fd, upper)| Layer {
+            uuid: uuid(&fd),
+            root: cache.fixed(fd),
+            upper,
+        })
+        .collect()
+}
+
 /// Opens (creating if needed) `workdir/work` and clears what a crash left in it.
 fn prepare_work(workdir: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let work = open_or_make_dir(workdir, STAGING)?;
@@ -821,11 +765,6 @@ fn open_or_make_dir(parent: std::os::fd::BorrowedFd<'_>, name: &str) -> io::Resu
         _ => {}
     }
     sys::open_dir_at(parent, name)
-}
-
-/// Name of a hard-link group's entry in the index: its stable inode number.
-fn index_name(ino: u64) -> OsString {
-    OsString::from(format!("{ino:016x}"))
 }
 
 #[cfg(test)]

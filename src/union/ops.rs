@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 
 use super::dircache::Dir;
 use super::inode::{Node, Place};
-use super::layer::{WH_PREFIX, stored_xattr_name};
 use super::{Union, err, lookup};
+use crate::format::{self, stored_xattr_name};
 use crate::sys::{self, RenameMode, SetTime, Stat};
 
 /// Who is asking: new entries belong to the caller.
@@ -36,7 +36,7 @@ pub struct SetAttr {
 
 /// What the upper layer holds at a name that is absent from the merged view.
 #[derive(PartialEq, Eq, Clone, Copy, Debug)]
-enum Hole {
+pub(super) enum Hole {
     Empty,
     /// A char 0/0 (or xattr) whiteout: replaced atomically by renaming over it.
     Whiteout,
@@ -44,32 +44,22 @@ enum Hole {
     OciWhiteout,
 }
 
-fn oci_name(name: &OsStr) -> OsString {
-    let mut v = WH_PREFIX.to_vec();
-    v.extend_from_slice(name.as_bytes());
-    OsString::from_vec(v)
-}
-
-use std::os::unix::ffi::OsStringExt;
-
 impl Union {
-    fn check_name(name: &OsStr) -> io::Result<()> {
+    pub(super) fn check_name(name: &OsStr) -> io::Result<()> {
         // `.wh.` names are whiteouts in the layer format: a user file by that name would
         // silently hide another.
-        if name.as_bytes().starts_with(WH_PREFIX) {
+        if format::is_format_name(name.as_bytes()) {
             return Err(err(libc::EINVAL));
         }
         Ok(())
     }
 
-    fn hole_at(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Hole> {
+    pub(super) fn hole_at(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Hole> {
         match sys::stat_at(pdir, name) {
-            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0 => {
-                Ok(Hole::Whiteout)
-            }
+            Ok(st) if format::is_chardev_whiteout(&st) => Ok(Hole::Whiteout),
             Ok(_) => Err(err(libc::EEXIST)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                if sys::exists_at(pdir, &oci_name(name))? {
+                if sys::exists_at(pdir, &format::whiteout_name(name))? {
                     Ok(Hole::OciWhiteout)
                 } else {
                     Ok(Hole::Empty)
@@ -81,7 +71,7 @@ impl Union {
 
     /// Whether `name` is visible in the lower copies of directory `parent` (so removing or
     /// renaming its upper copy needs a whiteout).
-    fn lower_has(&self, parent: &Node, name: &OsStr) -> io::Result<bool> {
+    pub(super) fn lower_has(&self, parent: &Node, name: &OsStr) -> io::Result<bool> {
         let s = parent.state();
         let Place::Dir(copies) = &s.place else {
             return Err(err(libc::ENOTDIR));
@@ -140,7 +130,7 @@ impl Union {
             }
             // A directory that replaces a deleted one must not show what the old one held.
             if is_dir && hole != Hole::Empty {
-                sys::set_xattr(work, &tmp, &self.xattr(b"opaque"), b"y", 0)?;
+                sys::set_xattr(work, &tmp, &self.xattrs.opaque, b"y", 0)?;
             }
             self.avoid_reused_ino(work, &tmp)
         })();
@@ -164,7 +154,7 @@ impl Union {
             return Err(e);
         }
         if hole == Hole::OciWhiteout {
-            sys::unlink_at(pdir, &oci_name(name), false)?;
+            sys::unlink_at(pdir, &format::whiteout_name(name), false)?;
         }
         self.lookup(parent.id, name)
     }
@@ -192,7 +182,7 @@ impl Union {
         sys::chown_fd(fd.as_fd(), Some(who.uid), Some(gid))?;
         sys::chmod_fd(fd.as_fd(), mode & 0o7777)?;
         if let Some(fresh) = self.fresh_ino(&sys::stat_fd(fd.as_fd())?) {
-            sys::set_xattr_fd(fd.as_fd(), &self.ino_xattr, &fresh.to_le_bytes())?;
+            sys::set_xattr_fd(fd.as_fd(), &self.xattrs.ino, &fresh.to_le_bytes())?;
             self.mark_impure(pdir);
         }
         sys::link_tmpfile(fd.as_fd(), pdir, name)
@@ -216,18 +206,11 @@ impl Union {
         let Some(fresh) = self.fresh_ino(&sys::stat_at(work, tmp)?) else {
             return Ok(false);
         };
-        match sys::set_xattr(work, tmp, &self.ino_xattr, &fresh.to_le_bytes(), 0) {
+        match sys::set_xattr(work, tmp, &self.xattrs.ino, &fresh.to_le_bytes(), 0) {
             // user.* xattrs are refused on symlinks (rootless): nothing better to do.
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(false),
             r => r.map(|()| true),
         }
-    }
-
-    /// The union's own xattr name `overlay.<what>` in the namespace this mount writes.
-    pub(super) fn xattr(&self, what: &[u8]) -> Vec<u8> {
-        let mut v = self.xattr_prefix.to_vec();
-        v.extend_from_slice(what);
-        v
     }
 
     pub fn mkdir(
@@ -330,7 +313,7 @@ impl Union {
                     return Err(e);
                 }
                 if hole == Hole::OciWhiteout {
-                    sys::unlink_at(pdir.as_fd(), &oci_name(newname), false)?;
+                    sys::unlink_at(pdir.as_fd(), &format::whiteout_name(newname), false)?;
                 }
             }
         }
@@ -339,26 +322,24 @@ impl Union {
 
     /// Leaves a whiteout at `name` in the upper directory `pdir`, whose entry (if any) has
     /// already been moved or removed.
-    fn whiteout(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    pub(super) fn whiteout(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
         if self.chardev_whiteouts {
             match sys::mknod_at(pdir, name, libc::S_IFCHR, 0) {
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
                 r => return r,
             }
         }
-        sys::create_file_at(pdir, &oci_name(name), 0o600, libc::O_WRONLY).map(drop)
+        sys::create_file_at(pdir, &format::whiteout_name(name), 0o600, libc::O_WRONLY).map(drop)
     }
 
     /// Removes `name` (a file, or with `dir` an empty directory) from the merged view.
     fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> io::Result<()> {
         let p = self.node(parent)?;
-        let (node, _) = self.lookup(parent, name)?;
-        let r = self.remove_node(&p, &node, name, dir);
-        self.forget(node.id, 1);
-        r
+        let node = self.lookup_held(parent, name)?;
+        self.remove_node(&p, &node, name, dir)
     }
 
-    fn remove_node(
+    pub(super) fn remove_node(
         &self,
         p: &Arc<Node>,
         node: &Arc<Node>,
@@ -391,33 +372,9 @@ impl Union {
             // Only a lower name goes: its hard-link group (if any) loses a member.
             self.forget_lower_name(node)?;
         }
-        if in_upper {
-            if dir {
-                // Move the upper copy out (leaving a whiteout if a lower copy must stay
-                // hidden), then empty it of its whiteouts and remove it.
-                let tmp = self.stage_name();
-                let how = if below && self.chardev_whiteouts {
-                    RenameMode::Whiteout
-                } else {
-                    RenameMode::NoReplace
-                };
-                // Its fd stays open (held across the move, kept for good after): the kernel
-                // may still ask about the directory, which no path reaches any more.
-                let upper = match &node.state().place {
-                    Place::Dir(copies) => copies[0].dir.clone(),
-                    Place::Leaf { .. } => return Err(err(libc::ENOTDIR)),
-                };
-                let held = upper.fd()?;
-                sys::rename_at(pdir, name, work, &tmp, how)?;
-                upper.detach()?;
-                drop(held);
-                if below && !self.chardev_whiteouts {
-                    self.whiteout(pdir, name)?;
-                }
-                let staged = sys::open_dir_at(work, &tmp)?;
-                clear_dir(staged.as_fd())?;
-                sys::unlink_at(work, &tmp, true)?;
-            } else {
+        match (in_upper, dir) {
+            (true, true) => self.remove_upper_dir(node, pdir, name, below, work)?,
+            (true, false) => {
                 self.keep_reachable(node, &pdir_dir, pdir, name)?;
                 if below && self.chardev_whiteouts {
                     let tmp = self.stage_name();
@@ -430,8 +387,7 @@ impl Union {
                     }
                 }
             }
-        } else {
-            self.whiteout(pdir, name)?;
+            (false, _) => self.whiteout(pdir, name)?,
         }
         // The last name gone: open handles keep the data, stat says nlink 0. (A lower file
         // is only hidden: like the kernel, fstat through an open fd still sees its real links.)
@@ -445,12 +401,46 @@ impl Union {
         Ok(())
     }
 
+    /// Removes the upper copy of an empty directory: moves it out (leaving a whiteout if a
+    /// lower copy must stay hidden), then empties it of its whiteouts and removes it.
+    fn remove_upper_dir(
+        &self,
+        node: &Node,
+        pdir: BorrowedFd<'_>,
+        name: &OsStr,
+        below: bool,
+        work: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        let tmp = self.stage_name();
+        let how = if below && self.chardev_whiteouts {
+            RenameMode::Whiteout
+        } else {
+            RenameMode::NoReplace
+        };
+        // Its fd stays open (held across the move, kept for good after): the kernel may still
+        // ask about the directory, which no path reaches any more.
+        let upper = match &node.state().place {
+            Place::Dir(copies) => copies[0].dir.clone(),
+            Place::Leaf { .. } => return Err(err(libc::ENOTDIR)),
+        };
+        let held = upper.fd()?;
+        sys::rename_at(pdir, name, work, &tmp, how)?;
+        upper.detach()?;
+        drop(held);
+        if below && !self.chardev_whiteouts {
+            self.whiteout(pdir, name)?;
+        }
+        let staged = sys::open_dir_at(work, &tmp)?;
+        clear_dir(staged.as_fd())?;
+        sys::unlink_at(work, &tmp, true)
+    }
+
     /// Before the upper name `name` of a file goes from `pdir` (open as `pfd`), keeps the file
     /// reachable for the requests that need no name, until the kernel forgets the node: one
     /// that is open or has other names gets a hidden link in the staging dir; otherwise (its
     /// last name, unopened: a fifo, a device or an `O_PATH` fd) an `O_PATH` fd of it is kept,
     /// as kernel overlayfs keeps the upper inode. The node then points there.
-    fn keep_reachable(
+    pub(super) fn keep_reachable(
         &self,
         node: &Arc<Node>,
         pdir: &Dir,
@@ -478,8 +468,8 @@ impl Union {
             return Ok(());
         }
         // An indexed file is always reachable through its index entry.
-        if let Some(index) = &self.index {
-            let entry = super::index_name(node.ino);
+        if let Some(index) = self.index.dir() {
+            let entry = super::link_index::LinkIndex::entry_name(node.ino);
             if sys::exists_at(index.fd()?.as_fd(), &entry)? {
                 node.state_mut().place = Place::Leaf {
                     layer: 0,
@@ -537,12 +527,10 @@ impl Union {
             }
         }
         if let Some(size) = a.size {
-            match a
-                .fh
-                .and_then(|fh| self.files.get(&fh).map(|f| f.value().clone()))
-            {
-                Some(f) => sys::truncate(&f.1, size)?,
-                None => sys::truncate(&sys::open_file_at(dir, &name, libc::O_WRONLY)?, size)?,
+            match a.fh.map(|fh| self.handles.find(id, fh)).transpose() {
+                Ok(Some(f)) => sys::truncate(&f.file, size)?,
+                Ok(None) => sys::truncate(&sys::open_file_at(dir, &name, libc::O_WRONLY)?, size)?,
+                Err(e) => return Err(e),
             }
         }
         if a.atime.is_some() || a.mtime.is_some() {
@@ -610,271 +598,8 @@ impl Union {
         self.xattr_target(id, |dir, name| sys::remove_xattr(dir, name, &key))
     }
 
-    /// rename(2) with flags. Directories that exist in a lower layer are not supported yet
-    /// (EXDEV: callers such as mv fall back to copy and delete).
-    pub fn rename(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        newparent: u64,
-        newname: &OsStr,
-        mode: RenameMode,
-    ) -> io::Result<()> {
-        Self::check_name(newname)?;
-        let p = self.node(parent)?;
-        let np = self.node(newparent)?;
-        let (src, _) = self.lookup(parent, name)?;
-        let r = self.rename_node(&p, &src, name, &np, newname, mode);
-        self.forget(src.id, 1);
-        r
-    }
-
-    fn rename_node(
-        &self,
-        p: &Arc<Node>,
-        src: &Arc<Node>,
-        name: &OsStr,
-        np: &Arc<Node>,
-        newname: &OsStr,
-        mode: RenameMode,
-    ) -> io::Result<()> {
-        let target = match self.lookup(np.id, newname) {
-            Ok((t, _)) => Some(t),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
-            Err(e) => return Err(e),
-        };
-        let r = (|| {
-            let exchanged = target.as_ref().filter(|_| mode == RenameMode::Exchange);
-            if self.pinned_dir(src) || exchanged.is_some_and(|t| self.pinned_dir(t)) {
-                return Err(err(libc::EXDEV));
-            }
-            if let Some(t) = &target {
-                if Arc::ptr_eq(t, src) {
-                    return Ok(());
-                }
-                if mode == RenameMode::NoReplace {
-                    return Err(err(libc::EEXIST));
-                }
-                if mode == RenameMode::Exchange {
-                    return self.exchange(p, src, name, np, t, newname);
-                }
-                if t.is_dir && !src.is_dir {
-                    return Err(err(libc::EISDIR));
-                }
-                if !t.is_dir && src.is_dir {
-                    return Err(err(libc::ENOTDIR));
-                }
-                if t.is_dir {
-                    // Replacing a directory: it must be empty, and is removed first.
-                    self.remove_node(np, t, newname, true)?;
-                }
-            } else if mode == RenameMode::Exchange {
-                return Err(err(libc::ENOENT));
-            }
-            self.copy_up(src)?;
-            let pdir = self.upper_dir(p)?;
-            let npdir = self.upper_dir(np)?;
-            let (pfd, npfd) = (pdir.fd()?, npdir.fd()?);
-            let below = self.lower_has(p, name)?;
-            if src.is_dir {
-                self.prepare_dir_move(p, src, name, np, newname)?;
-            } else if !self.name_in_upper(pfd.as_fd(), name)? {
-                self.link_name_up(src, pfd.as_fd(), name)?;
-            }
-            if let Some(t) = &target
-                && !t.is_dir
-            {
-                if self.name_in_upper(npfd.as_fd(), newname)? {
-                    // The replaced file may live on under other names or open handles.
-                    self.keep_reachable(t, &npdir, npfd.as_fd(), newname)?;
-                } else {
-                    self.forget_lower_name(t)?;
-                }
-            }
-            let target_hole = match &target {
-                Some(t) if !t.is_dir && Self::in_upper(&t.state().place) => Hole::Empty,
-                _ => self.hole_at(npfd.as_fd(), newname).unwrap_or(Hole::Empty),
-            };
-            // A directory's fd stays open across the move: nothing needs its old path then.
-            let _held = upper_fd(src)?;
-            let (pd, npd) = (pfd.as_fd(), npfd.as_fd());
-            if src.is_dir && target_hole == Hole::Whiteout {
-                // A directory cannot replace a device: swap them, which leaves the whiteout
-                // at the old name, where it is needed if a lower copy stays behind.
-                sys::rename_at(pd, name, npd, newname, RenameMode::Exchange)?;
-                if !below {
-                    sys::unlink_at(pd, name, false)?;
-                }
-            } else {
-                let how = if below && self.chardev_whiteouts {
-                    RenameMode::Whiteout
-                } else {
-                    RenameMode::Replace
-                };
-                sys::rename_at(pd, name, npd, newname, how)?;
-                if below && !self.chardev_whiteouts {
-                    self.whiteout(pd, name)?;
-                }
-            }
-            self.mark_impure(npd);
-            if target_hole == Hole::OciWhiteout {
-                sys::unlink_at(npd, &oci_name(newname), false)?;
-            }
-            // The replaced file is gone only if that was its last name.
-            if let Some(t) = &target
-                && !t.is_dir
-                && Self::in_upper(&t.state().place)
-                && self.getattr(t.id).map_or(true, |st| st.st_nlink == 0)
-            {
-                t.unlinked.store(true, Ordering::Relaxed);
-            }
-            moved(src, np, newname, &pdir, &npdir);
-            Ok(())
-        })();
-        if let Some(t) = target {
-            self.forget(t.id, 1);
-        }
-        r
-    }
-
-    /// Before a directory moves in the upper layer: if it has lower copies, record where they
-    /// are (the kernel's redirect: the old name when the parent stays, else the absolute
-    /// path); if it has none but the target name hides a lower one, make it opaque.
-    fn prepare_dir_move(
-        &self,
-        p: &Arc<Node>,
-        src: &Arc<Node>,
-        name: &OsStr,
-        np: &Arc<Node>,
-        newname: &OsStr,
-    ) -> io::Result<()> {
-        let (upper, has_lower) = match &src.state().place {
-            Place::Dir(copies) => (copies[0].dir.fd()?, copies.iter().any(|c| !c.upper())),
-            Place::Leaf { .. } => return Err(err(libc::ENOTDIR)),
-        };
-        let here = OsStr::new("");
-        let key = self.xattr(b"redirect");
-        if has_lower {
-            // As the kernel: a redirect already on the upper copy stays if it still holds
-            // (same parent, or absolute); else the old name, or the absolute path. Redirects
-            // of lower layers chain below it at lookup.
-            let existing = src.state().redirect.clone();
-            let samedir = Arc::ptr_eq(p, np);
-            let redirect = match existing {
-                Some(r) if samedir || r.first() == Some(&b'/') => return Ok(()),
-                _ if samedir => name.as_bytes().to_vec(),
-                _ => self.absolute_redirect(src)?,
-            };
-            sys::set_xattr(upper.as_fd(), here, &key, &redirect, 0)?;
-            src.state_mut().redirect = Some(redirect);
-            Ok(())
-        } else if self.lower_has(np, newname)? {
-            sys::set_xattr(upper.as_fd(), here, &self.xattr(b"opaque"), b"y", 0)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// The absolute path (from the layer roots) where `node`'s lower copies live: its path in
-    /// the union, with each component replaced by that directory's own redirect, up to the
-    /// first absolute one (as the kernel builds it).
-    fn absolute_redirect(&self, node: &Arc<Node>) -> io::Result<Vec<u8>> {
-        let mut parts: Vec<Vec<u8>> = Vec::new();
-        let mut cur = node.clone();
-        loop {
-            let parent = cur.state().parent.clone();
-            let Some(parent) = parent else { break };
-            let redirect = cur.state().redirect.clone();
-            match redirect {
-                Some(r) if r.first() == Some(&b'/') => {
-                    parts.push(r[1..].to_vec());
-                    break;
-                }
-                Some(r) => parts.push(r),
-                None => parts.push(cur.state().name.as_bytes().to_vec()),
-            }
-            cur = parent;
-        }
-        let mut out = Vec::new();
-        for part in parts.iter().rev() {
-            out.push(b'/');
-            out.extend_from_slice(part);
-        }
-        Ok(out)
-    }
-
-    fn exchange(
-        &self,
-        p: &Arc<Node>,
-        a: &Arc<Node>,
-        an: &OsStr,
-        np: &Arc<Node>,
-        b: &Arc<Node>,
-        bn: &OsStr,
-    ) -> io::Result<()> {
-        // Both names keep existing, so no whiteout is needed; each directory that moves gets
-        // its redirect (or opacity) as in a plain rename.
-        self.copy_up(a)?;
-        self.copy_up(b)?;
-        let pdir = self.upper_dir(p)?;
-        let npdir = self.upper_dir(np)?;
-        let (pfd, npfd) = (pdir.fd()?, npdir.fd()?);
-        for (n, parent, dir, name, other_parent, other) in
-            [(a, p, &pfd, an, np, bn), (b, np, &npfd, bn, p, an)]
-        {
-            if n.is_dir {
-                self.prepare_dir_move(parent, n, name, other_parent, other)?;
-            } else if !self.name_in_upper(dir.as_fd(), name)? {
-                self.link_name_up(n, dir.as_fd(), name)?;
-            }
-        }
-        let _held = (upper_fd(a)?, upper_fd(b)?);
-        sys::rename_at(pfd.as_fd(), an, npfd.as_fd(), bn, RenameMode::Exchange)?;
-        self.mark_impure(pfd.as_fd());
-        self.mark_impure(npfd.as_fd());
-        moved(a, np, bn, &pdir, &npdir);
-        moved(b, p, an, &npdir, &pdir);
-        Ok(())
-    }
-
     pub(super) fn file(&self, fh: u64) -> io::Result<Arc<File>> {
-        self.files
-            .get(&fh)
-            .map(|f| f.1.clone())
-            .ok_or_else(|| err(libc::EBADF))
-    }
-}
-
-/// Records that `node` is now `name` in `parent`, whose upper copy is `to`. A file that lived
-/// in `from` (its old upper directory) follows; one reached through the index or a hidden link
-/// stays where it is.
-fn moved(node: &Node, parent: &Arc<Node>, name: &OsStr, from: &Dir, to: &Dir) {
-    let mut s = node.state_mut();
-    s.parent = Some(parent.clone());
-    s.name = name.to_owned();
-    match &mut s.place {
-        Place::Leaf {
-            dir, name: real, ..
-        } if Dir::ptr_eq(dir, from) => {
-            *dir = to.clone();
-            *real = name.to_owned();
-        }
-        // A directory's upper copy is found by its path from then on (its lower copies stay
-        // where they are).
-        Place::Dir(copies) => {
-            if let Some(c) = copies.first().filter(|c| c.upper()) {
-                c.dir.moved(to, name);
-            }
-        }
-        Place::Leaf { .. } => {}
-    }
-}
-
-/// An open fd of a directory node's upper copy (None for other nodes), to hold while it moves.
-fn upper_fd(node: &Node) -> io::Result<Option<super::dircache::DirFd>> {
-    match &node.state().place {
-        Place::Dir(copies) if copies[0].upper() => copies[0].dir.fd().map(Some),
-        _ => Ok(None),
+        self.handles.file(fh).map(|f| f.file)
     }
 }
 

@@ -11,7 +11,8 @@ use std::os::unix::ffi::OsStrExt;
 use rustix::fs::FileType;
 
 use super::inode::InoMap;
-use super::layer::{DirCopy, OPAQUE_MARKER, WH_PREFIX};
+use super::layer::DirCopy;
+use crate::format;
 use crate::sys;
 
 pub struct Entry {
@@ -38,10 +39,10 @@ pub fn merge(
         let impure =
             copy.upper() && sys::get_xattr_value(fd.as_fd(), OsStr::new(""), impure)?.is_some();
         copy.dir.read_dir(|e| {
-            if e.name == OPAQUE_MARKER || seen.contains(e.name) {
+            if e.name == format::OPAQUE_MARKER || seen.contains(e.name) {
                 return Ok(());
             }
-            if let Some(target) = e.name.strip_prefix(WH_PREFIX) {
+            if let Some(target) = format::whiteout_target(e.name) {
                 hidden.push(target.into());
                 return Ok(());
             }

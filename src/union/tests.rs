@@ -477,3 +477,44 @@ fn unlinked_special_files_answer_until_forgotten() {
     // Nothing was left behind in the staging dir.
     assert_eq!(fs::read_dir(t.path().join("w/work")).unwrap().count(), 0);
 }
+
+/// A handle answers only for the inode it was opened on (virtiofsd's `find_handle`), and an
+/// internal lookup (a rename, an unlink) leaves no reference behind, error or not.
+#[test]
+fn handles_belong_to_their_inode_and_internal_lookups_balance() {
+    let t = tempfile::tempdir().unwrap();
+    let low = t.path().join("l");
+    fs::create_dir_all(&low).unwrap();
+    fs::write(low.join("a"), "aaaa").unwrap();
+    fs::write(low.join("b"), "bb").unwrap();
+    let u = writable(t.path(), 2);
+    let a = walk_to(&u, "a");
+    let b = walk_to(&u, "b");
+    let (fh, _) = u.open(a.id, libc::O_RDWR).unwrap();
+    assert_eq!(u.getattr_fh(a.id, fh).unwrap().st_size, 4);
+    let e = u.getattr_fh(b.id, fh).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+    let trunc = SetAttr {
+        size: Some(0),
+        fh: Some(fh),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        u.setattr(b.id, &trunc).unwrap_err().raw_os_error(),
+        Some(libc::EBADF)
+    );
+    assert_eq!(u.getattr(a.id).unwrap().st_size, 4, "a not truncated");
+    u.release(fh);
+    let before = u.node_count();
+    // Refused renames and removals hold nothing afterwards.
+    let mode = RenameMode::NoReplace;
+    let e = u.rename(ROOT_ID, OsStr::new("a"), ROOT_ID, OsStr::new("b"), mode);
+    assert_eq!(e.unwrap_err().raw_os_error(), Some(libc::EEXIST));
+    let e = u.rmdir(ROOT_ID, OsStr::new("a"));
+    assert_eq!(e.unwrap_err().raw_os_error(), Some(libc::ENOTDIR));
+    assert_eq!(u.node_count(), before);
+    // The kernel's own references are the only ones left: forgetting them empties the table.
+    u.forget(a.id, 1);
+    u.forget(b.id, 1);
+    assert_eq!(u.node_count(), before - 2);
+}

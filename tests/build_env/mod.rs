@@ -12,7 +12,7 @@ use sha2::Digest as _;
 
 pub const BUSYBOX: &str = "/bin/busybox";
 
-fn sha(data: &[u8]) -> String {
+pub fn sha(data: &[u8]) -> String {
     let hex: String = sha2::Sha256::digest(data)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -24,6 +24,8 @@ fn sha(data: &[u8]) -> String {
 /// (nothing stays mounted: every mount lives in a process's private mount namespace).
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// Run strata as this unprivileged uid (= gid) through setpriv; 0: as root.
+    pub user: std::sync::atomic::AtomicU32,
 }
 
 impl Env {
@@ -36,7 +38,10 @@ impl Env {
             .tempdir_in("/var/tmp")
             .unwrap();
         fs::create_dir(dir.path().join("scratch")).unwrap();
-        Some(Env { dir })
+        Some(Env {
+            dir,
+            user: std::sync::atomic::AtomicU32::new(0),
+        })
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -44,7 +49,19 @@ impl Env {
     }
 
     pub fn strata(&self) -> Command {
-        let mut c = Command::new(STRATA);
+        let mut c = match self.user.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Command::new(STRATA),
+            u => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={u}"),
+                    &format!("--regid={u}"),
+                    "--clear-groups",
+                ])
+                .arg(STRATA);
+                c
+            }
+        };
         c.env("STRATA_RUN_DIR", self.path("scratch"))
             .env_remove("SOURCE_DATE_EPOCH")
             .arg("--root")

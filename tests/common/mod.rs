@@ -348,20 +348,49 @@ impl StrataMount {
         unmount(&self.mnt);
         let mut child = self.child.take()?;
         let mut status = None;
-        wait_until(Duration::from_secs(5), || {
+        // Generous: a loaded CI machine can take seconds to tear a daemon down.
+        wait_until(Duration::from_secs(20), || {
             status = child.try_wait().ok().flatten();
             status.is_some()
         });
         if status.is_none() {
             eprintln!(
-                "strata on {} did not exit after unmount; killing our child",
-                self.mnt.display()
+                "strata on {} did not exit within 20 s of unmount; killing our child. Its threads:\n{}",
+                self.mnt.display(),
+                thread_states(child.id())
             );
             let _ = child.kill();
             let _ = child.wait();
         }
         status
     }
+}
+
+/// Each thread of `pid`: name, state and the kernel function it waits in (to tell a hang
+/// from a slow exit).
+fn thread_states(pid: u32) -> String {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "(gone)".into();
+    };
+    let mut out = String::new();
+    for t in tasks.flatten() {
+        let p = t.path();
+        let read = |f: &str| fs::read_to_string(p.join(f)).unwrap_or_default();
+        let state = read("status")
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or_default()
+            .to_owned();
+        out.push_str(&format!(
+            "  {} {} {} wchan={}\n{}",
+            t.file_name().to_string_lossy(),
+            read("comm").trim(),
+            state,
+            read("wchan"),
+            read("stack")
+        ));
+    }
+    out
 }
 
 impl Drop for StrataMount {
