@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Helpers of scripts/bench.sh (Python 3 standard library only).
 
-  bench_tool.py fixture DIR full|quick   build the layered fixture in DIR (DIR must not exist)
+  bench_tool.py fixture DIR full|quick|dirs   build the layered fixture in DIR (must not exist);
+                                         dirs: the directory-heavy one (fixture_dirs)
   bench_tool.py write-each ROOT LIST     open each file of LIST (paths relative to ROOT)
                                          O_WRONLY|O_APPEND, write 1 byte, close: first writes
   bench_tool.py create ROOT N            create N files of 1000 bytes in ROOT/dNN/ (new tree)
@@ -122,7 +123,54 @@ def fixture(root, scale):
     for i in range(n(500)):
         put(f"{top}/var/lib/rmtree/d{i % 40}/top{i}", 100)
 
-    # ---- the tarball for untar (built in memory: no tree on disk)
+    untar_tarball(root, ntar)
+
+    os.makedirs(f"{root}/lists")
+    with open(f"{root}/lists/copyup-small.txt", "w") as out:
+        out.write("\n".join(small) + "\n")
+
+
+def dir_tree(layer, packages, first, files_per_dir):
+    """node_modules-like packages: 10 directories each, a few files per directory."""
+    subdirs = ("", "lib", "lib/util", "lib/core", "src", "src/impl", "test", "test/fixtures",
+               "docs", "dist")
+    for p in range(first, first + packages):
+        half = "usr/share" if p % 2 == 0 else "usr/lib"  # the two halves of `parallel`
+        for d in subdirs:
+            base = f"{layer}/{half}/node_modules/pkg{p}/{d}".rstrip("/")
+            os.makedirs(base, exist_ok=True)
+            for k in range(files_per_dir):
+                put(f"{base}/f{k}.js", (p * 31 + k * 97) % 3000)
+
+
+def fixture_dirs(root):
+    """Directory-heavy: ~13k directories in ~65k entries (one per five, as node_modules),
+    over three layers, with the 10k-entry directory, an rm tree and the untar tarball."""
+    base, mid, top = (f"{root}/{layer}" for layer in ("base", "mid", "top"))
+    for layer in (base, mid, top):
+        os.makedirs(layer)
+    dir_tree(base, 1000, 0, 4)
+    dir_tree(mid, 130, 1000, 4)
+    dir_tree(top, 130, 1130, 4)
+    for p in range(0, 1000, 7):  # upper layers add to and delete from base packages
+        half = "usr/share" if p % 2 == 0 else "usr/lib"
+        put(f"{mid}/{half}/node_modules/pkg{p}/lib/added.js", 10)
+        whiteout(f"{top}/{half}/node_modules/pkg{p}/src/f0.js")
+    for i in range(5000):
+        put(f"{base}/usr/share/dir10k/e{i}", i % 100)
+    for i in range(3000):
+        put(f"{mid}/usr/share/dir10k/m{i}", i % 100)
+    for i in range(2000):
+        put(f"{top}/usr/share/dir10k/t{i}", i % 100)
+    for i in range(900):  # rm tree: 300 directories of 3 files over the layers
+        layer = (base, mid, top)[i % 3]
+        put(f"{layer}/var/lib/rmtree/d{i % 100}/e{i // 100}/f{i}", 100)
+    untar_tarball(root, 20000)
+    os.makedirs(f"{root}/lists")
+
+
+def untar_tarball(root, ntar):
+    """The tarball for untar (built in memory: no tree on disk)."""
     with tarfile.open(f"{root}/untar.tar", "w", format=tarfile.GNU_FORMAT) as tar:
         dirs = set()
         for i in range(ntar):
@@ -138,10 +186,6 @@ def fixture(root, scale):
             ti = tarfile.TarInfo(f"{d}/file{i}.c")
             ti.size, ti.mode = size, 0o644
             tar.addfile(ti, io.BytesIO(b"u" * size))
-
-    os.makedirs(f"{root}/lists")
-    with open(f"{root}/lists/copyup-small.txt", "w") as out:
-        out.write("\n".join(small) + "\n")
 
 
 def write_each(root, listfile):
@@ -185,7 +229,9 @@ def main(argv):
     if len(argv) < 2:
         raise SystemExit(__doc__)
     cmd, args = argv[1], argv[2:]
-    if cmd == "fixture" and len(args) == 2 and args[1] in SCALES:
+    if cmd == "fixture" and len(args) == 2 and args[1] == "dirs":
+        fixture_dirs(args[0])
+    elif cmd == "fixture" and len(args) == 2 and args[1] in SCALES:
         fixture(args[0], args[1])
     elif cmd == "write-each" and len(args) == 2:
         write_each(*args)

@@ -1,6 +1,7 @@
 //! The FUSE adapter: decode a request, call the union, encode the reply. Errors become FUSE
 //! replies in exactly one place (`errno`).
 
+mod counts;
 mod passthrough;
 
 use std::ffi::OsStr;
@@ -19,6 +20,8 @@ use fuser::{
 use crate::options::{IdMapping, OVERFLOW_ID};
 use crate::sys::Stat;
 use crate::union::{self, Caller, RenameMode, SetAttr, SetTime, Union};
+pub use counts::OP_COUNTS_ENV;
+use counts::{Op, OpCounts};
 use passthrough::PassthroughCache;
 
 /// The one place an `io::Error` becomes a FUSE error code.
@@ -125,7 +128,20 @@ pub struct StrataFs {
     noacl: bool,
     /// fuse-overlayfs's `noxattrs=1`: no xattrs at all through the mount.
     no_xattrs: bool,
+    /// FUSE_NO_OPENDIR_SUPPORT granted: opendir answers ENOSYS once and the kernel then opens
+    /// directories itself (no OPENDIR/RELEASEDIR round trips, listings cached as before).
+    no_opendir: bool,
+    /// Without opendir, the listings being read: (directory, offset the next READDIR will
+    /// ask for) -> the union's directory handle, kept between the calls of one listing.
+    implicit_dirs: dashmap::DashMap<(u64, u64), u64>,
+    /// Requests per type, when `STRATA_OP_COUNTS` asks for them.
+    counts: Option<OpCounts>,
 }
+
+/// Listings read part way without opendir that keep their handle (each pins the directory's
+/// fds); past this many they are all let go, and a listing continued after that starts a
+/// new snapshot.
+const IMPLICIT_DIRS_MAX: usize = 256;
 
 /// The xattrs that hold POSIX ACLs.
 const ACL_XATTRS: [&[u8]; 2] = [b"system.posix_acl_access", b"system.posix_acl_default"];
@@ -141,6 +157,9 @@ impl StrataFs {
             no_fsync: false,
             noacl: false,
             no_xattrs: false,
+            no_opendir: false,
+            implicit_dirs: dashmap::DashMap::new(),
+            counts: OpCounts::from_env(),
         }
     }
 
@@ -172,6 +191,57 @@ impl StrataFs {
             .open(ino, fh, allowed, || open_backing(file))
     }
 
+    fn count(&self, op: Op) {
+        if let Some(c) = &self.counts {
+            c.add(op);
+        }
+    }
+
+    /// Runs one READDIR(PLUS) `read(handle, &mut last_next_offset)` on the directory's handle:
+    /// the kernel's own (`fh`), or without opendir the one this listing started with (a new
+    /// one at offset 0 or when none continues at `offset`). Such a handle lives until its
+    /// listing is read to the end, so a listing read in many calls stays one snapshot.
+    fn listing(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        read: impl FnOnce(u64, &mut u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if fh != 0 || !self.no_opendir {
+            return read(fh, &mut 0);
+        }
+        let h = match self.implicit_dirs.remove(&(ino, offset)) {
+            Some((_, h)) if offset != 0 => h,
+            old => {
+                if let Some((_, h)) = old {
+                    self.union.releasedir(h);
+                }
+                self.union.opendir(ino)?
+            }
+        };
+        let mut last = offset;
+        let r = read(h, &mut last);
+        // Continued only when the reply was full (it stopped before the end) and moved on.
+        if r.is_ok() && last != offset {
+            if self.implicit_dirs.len() >= IMPLICIT_DIRS_MAX {
+                // Listings abandoned part way (closedir, seekdir): let them go.
+                let stale: Vec<(u64, u64)> = self.implicit_dirs.iter().map(|e| *e.key()).collect();
+                for k in stale {
+                    if let Some((_, old)) = self.implicit_dirs.remove(&k) {
+                        self.union.releasedir(old);
+                    }
+                }
+            }
+            if let Some(old) = self.implicit_dirs.insert((ino, last), h) {
+                self.union.releasedir(old);
+            }
+        } else {
+            self.union.releasedir(h);
+        }
+        r
+    }
+
     fn release_handle(&self, fh: u64) {
         self.passthrough_cache.release(fh);
     }
@@ -197,6 +267,11 @@ impl Filesystem for StrataFs {
             }
             let _ = config.add_capabilities(cap);
         }
+        // STRATA_OPENDIR=1 keeps the OPENDIR round trips (to compare).
+        self.no_opendir = std::env::var_os("STRATA_OPENDIR").is_none_or(|v| v != "1")
+            && config
+                .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+                .is_ok();
         if self.passthrough {
             self.passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(1).is_ok();
@@ -215,9 +290,13 @@ impl Filesystem for StrataFs {
             s.reopens,
             s.evictions
         );
+        if let Some(c) = &self.counts {
+            c.report();
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.count(Op::Lookup);
         match self.union.lookup(parent.0, name) {
             Ok((node, st)) => {
                 // fuser takes the node id from `attr.ino`; they are equal by construction.
@@ -233,10 +312,12 @@ impl Filesystem for StrataFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.count(Op::Forget);
         self.union.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.count(Op::Getattr);
         let r = match fh {
             Some(fh) => self.union.getattr_fh(ino.0, fh.0),
             None => self.union.getattr(ino.0),
@@ -245,10 +326,12 @@ impl Filesystem for StrataFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.count(Op::Readlink);
         answer(self.union.readlink(ino.0), reply, |reply, t| reply.data(&t))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.count(Op::Open);
         let (fh, file) = match self.union.open(ino.0, flags.0) {
             Ok(v) => v,
             Err(e) => return reply.error(errno(e)),
@@ -272,6 +355,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.count(Op::Read);
         answer(self.union.read(fh.0, offset, size), reply, |reply, data| {
             reply.data(&data)
         })
@@ -285,6 +369,7 @@ impl Filesystem for StrataFs {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.count(Op::Flush);
         // Nothing to do on close (locks are the kernel's, data goes straight to the layer):
         // ENOSYS tells the kernel to stop sending FLUSH, one round trip less per close.
         reply.error(Errno::ENOSYS);
@@ -300,12 +385,19 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.count(Op::Release);
         self.release_handle(fh.0);
         self.union.release(fh.0);
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.count(Op::Opendir);
+        if self.no_opendir {
+            // The kernel then opens every directory without asking, with FOPEN_KEEP_CACHE |
+            // FOPEN_CACHE_DIR (fs/fuse/file.c), and sends READDIR with handle 0.
+            return reply.error(Errno::ENOSYS);
+        }
         match self.union.opendir(ino.0) {
             // Listings may live in the page cache across opens: the kernel drops them itself
             // when an entry changes through this mount, and nothing else changes a layer.
@@ -320,13 +412,20 @@ impl Filesystem for StrataFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let r = self.union.readdir(fh.0, offset, |ino, next, kind, name| {
-            reply.add(INodeNo(ino), next, kind_of(kind), OsStr::from_bytes(name))
+        self.count(Op::Readdir);
+        let r = self.listing(ino.0, fh.0, offset, |fh, last| {
+            self.union.readdir(fh, offset, |ino, next, kind, name| {
+                let full = reply.add(INodeNo(ino), next, kind_of(kind), OsStr::from_bytes(name));
+                if !full {
+                    *last = next;
+                }
+                full
+            })
         });
         answer(r, reply, |reply, ()| reply.ok())
     }
@@ -334,24 +433,29 @@ impl Filesystem for StrataFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let r = self
-            .union
-            .readdirplus(fh.0, offset, |next, name, node, st| {
+        self.count(Op::Readdirplus);
+        let r = self.listing(ino.0, fh.0, offset, |fh, last| {
+            self.union.readdirplus(fh, offset, |next, name, node, st| {
                 let a = self.attr(st);
-                reply.add(
+                let full = reply.add(
                     INodeNo(node.id),
                     next,
                     OsStr::from_bytes(name),
                     &self.ttl,
                     &a,
                     Generation(node.generation),
-                )
-            });
+                );
+                if !full {
+                    *last = next;
+                }
+                full
+            })
+        });
         answer(r, reply, |reply, ()| reply.ok())
     }
 
@@ -363,11 +467,13 @@ impl Filesystem for StrataFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.count(Op::Releasedir);
         self.union.releasedir(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.count(Op::Statfs);
         answer(self.union.statfs(), reply, |reply, s| {
             reply.statfs(
                 s.f_blocks,
@@ -383,6 +489,7 @@ impl Filesystem for StrataFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.count(Op::Getxattr);
         if self.xattr_refused(name) {
             return reply.error(Errno::EOPNOTSUPP);
         }
@@ -395,6 +502,7 @@ impl Filesystem for StrataFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.count(Op::Listxattr);
         if self.no_xattrs {
             return reply.error(Errno::EOPNOTSUPP);
         }
@@ -424,6 +532,7 @@ impl Filesystem for StrataFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.count(Op::Setattr);
         // chown to an id the mapping does not cover is refused, as in a user namespace.
         let (Some(uid), Some(gid)) = (
             uid.map_or(Some(None), |u| self.ids.stored_uid(u).map(Some)),
@@ -455,6 +564,7 @@ impl Filesystem for StrataFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.count(Op::Mknod);
         let who = self.caller(req);
         let r = self.union.mknod(parent.0, name, mode, rdev as u64, who);
         self.entry(r, reply);
@@ -469,15 +579,18 @@ impl Filesystem for StrataFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        self.count(Op::Mkdir);
         let who = self.caller(req);
         self.entry(self.union.mkdir(parent.0, name, mode, who), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.count(Op::Unlink);
         empty(self.union.unlink(parent.0, name), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.count(Op::Rmdir);
         empty(self.union.rmdir(parent.0, name), reply);
     }
 
@@ -489,6 +602,7 @@ impl Filesystem for StrataFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.count(Op::Symlink);
         let who = self.caller(req);
         let r = self.union.symlink(parent.0, name, target.as_os_str(), who);
         self.entry(r, reply);
@@ -504,6 +618,7 @@ impl Filesystem for StrataFs {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.count(Op::Rename);
         use fuser::RenameFlags as F;
         // As kernel overlayfs: NOREPLACE and EXCHANGE, nothing else.
         let mode = if flags.is_empty() {
@@ -530,6 +645,7 @@ impl Filesystem for StrataFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.count(Op::Link);
         self.entry(self.union.link(ino.0, newparent.0, newname), reply);
     }
 
@@ -543,6 +659,7 @@ impl Filesystem for StrataFs {
         flags: i32,
         reply: fuser::ReplyCreate,
     ) {
+        self.count(Op::Create);
         let who = self.caller(req);
         let (node, st, fh, file) = match self.union.create(parent.0, name, mode, flags, who) {
             Ok(v) => v,
@@ -580,6 +697,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
+        self.count(Op::Write);
         answer(self.union.write(fh.0, offset, data), reply, |reply, n| {
             reply.written(n as u32)
         })
@@ -598,6 +716,7 @@ impl Filesystem for StrataFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: fuser::ReplyWrite,
     ) {
+        self.count(Op::CopyFileRange);
         answer(
             self.union
                 .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len),
@@ -616,6 +735,7 @@ impl Filesystem for StrataFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.count(Op::Fallocate);
         empty(self.union.fallocate(fh.0, mode, offset, length), reply);
     }
 
@@ -629,6 +749,7 @@ impl Filesystem for StrataFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.count(Op::Setxattr);
         if self.xattr_refused(name) {
             return reply.error(Errno::EOPNOTSUPP);
         }
@@ -639,6 +760,7 @@ impl Filesystem for StrataFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.count(Op::Removexattr);
         if self.xattr_refused(name) {
             return reply.error(Errno::EOPNOTSUPP);
         }
@@ -653,6 +775,7 @@ impl Filesystem for StrataFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.count(Op::Fsyncdir);
         reply.ok();
     }
 
@@ -664,6 +787,7 @@ impl Filesystem for StrataFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.count(Op::Fsync);
         if self.no_fsync {
             return reply.ok();
         }

@@ -841,3 +841,74 @@ fn times_before_1970_match_kernel() {
         assert_eq!(stamp(&s.mnt, sec, nsec), want, "strata at {sec}.{nsec:09}");
     }
 }
+
+/// fuse-overlayfs 2.0's corruption sequence: a lower file open for reading, then opened
+/// `O_WRONLY|O_APPEND` and written while the reader still holds it. The lower layer's file
+/// must stay as it was, the upper copy must hold the old content and the append, and the old
+/// reader (and a new one) must see what they see through kernel overlayfs.
+#[test]
+fn append_while_a_lower_reader_is_open_leaves_the_lower_alone() {
+    if !require_mount_env() {
+        return;
+    }
+    let old: Vec<u8> = (0..(1 << 20) + 11).map(|i| (i * 7 % 253) as u8).collect();
+    let run = |m: &Path| -> Vec<String> {
+        let mut reader = fs::File::open(m.join("img")).unwrap();
+        let mut head = vec![0u8; 4096];
+        reader.read_exact(&mut head).unwrap(); // the reader's data is in the page cache
+        let mut w = fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("img"))
+            .unwrap();
+        w.write_all(b"APPENDED").unwrap();
+        w.sync_all().unwrap();
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        reader.seek(std::io::SeekFrom::Start(0)).unwrap();
+        let mut again = Vec::new();
+        reader.read_to_end(&mut again).unwrap();
+        let fresh = fs::read(m.join("img")).unwrap();
+        drop((reader, w));
+        let h = |b: &[u8]| {
+            use std::hash::{Hash, Hasher};
+            let mut s = std::collections::hash_map::DefaultHasher::new();
+            b.hash(&mut s);
+            format!("{} bytes, hash {:x}", b.len(), s.finish())
+        };
+        vec![
+            format!("old reader, rest: {}", h(&rest)),
+            format!("old reader, reread: {}", h(&again)),
+            format!("new reader: {}", h(&fresh)),
+        ]
+    };
+    let kfx = Fixture::new(1);
+    let sfx = Fixture::new(1);
+    write(&kfx.layer(0).join("img"), &old);
+    write(&sfx.layer(0).join("img"), &old);
+    let (ku, kw, km) = (kfx.path("u"), kfx.path("w"), kfx.path("m"));
+    let (su, sw, sm) = (sfx.path("u"), sfx.path("w"), sfx.path("m"));
+    let k = KernelOverlay::with_upper(&kfx.layers, &ku, &kw, &km);
+    let want = run(&k.mnt);
+    drop(k);
+    let s = StrataMount::with_upper(&sfx.layers, &su, &sw, &sm);
+    let got = run(&s.mnt);
+    drop(s);
+    assert_eq!(got, want, "what the readers see (strata, kernel)");
+    assert_eq!(
+        fs::read(sfx.layer(0).join("img")).unwrap(),
+        old,
+        "the lower layer's file"
+    );
+    let mut appended = old.clone();
+    appended.extend_from_slice(b"APPENDED");
+    assert_eq!(
+        fs::read(su.join("img")).unwrap(),
+        appended,
+        "the upper copy"
+    );
+    assert_eq!(
+        fs::read(kfx.layer(0).join("img")).unwrap(),
+        old,
+        "kernel: lower"
+    );
+}
