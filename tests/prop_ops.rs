@@ -474,7 +474,13 @@ fn check(ops: &[Op], env: &[(&str, &str)]) -> Result<(), TestCaseError> {
     let got = snapshot(&s.mnt);
     assert_same(&want, &got, "final tree");
     drop(k);
-    prop_assert!(s.stop().success());
+    let log = s.log_path();
+    let status = s.stop();
+    prop_assert!(
+        status.success(),
+        "strata exited with {status} after its unmount; its log:\n{}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
     assert_upper_data(&su, &want, "strata's upper");
     let s = strata();
     assert_same(&want, &snapshot(&s.mnt), "after remount");

@@ -571,3 +571,33 @@ fn terminal_job_control_and_status() {
     assert_eq!(o.status.code(), Some(4), "{out}");
     b.assert_clean();
 }
+
+/// A run killed with SIGKILL cannot clean up; the next run removes its scratch directory. A
+/// directory whose lock a live run holds stays, even when the pid in its name is gone (a run in
+/// another pid namespace).
+#[test]
+fn next_run_sweeps_what_a_killed_run_left() {
+    let Some(b) = Box::new() else { return };
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let stale = b.scratch.join(format!("strata-run-{dead}-1"));
+    let held = b.scratch.join(format!("strata-run-{dead}-2"));
+    for d in [&stale, &held] {
+        fs::create_dir_all(d.join("root")).unwrap();
+        fs::create_dir_all(d.join("diff/etc")).unwrap();
+        write(&d.join("diff/etc/x"), b"x");
+    }
+    let lock = fs::File::open(&held).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let o = b.run(&[], "true");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stale.exists(), "a killed run's scratch stayed");
+    assert!(
+        held.join("diff/etc/x").exists(),
+        "a locked scratch was removed"
+    );
+    drop(lock);
+    fs::remove_dir_all(&held).unwrap();
+    b.assert_clean();
+}

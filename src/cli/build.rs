@@ -103,6 +103,8 @@ pub fn build(root: Option<PathBuf>, a: BuildArgs) -> anyhow::Result<u8> {
         anyhow::bail!("--output needs a -t NAME for the image");
     }
     let store = Store::open(&root.unwrap_or_else(Store::default_root))?;
+    // Scratch a killed earlier build's RUN steps left behind (a cached build runs none).
+    strata::launcher::sweep_scratch();
     let built = match build::build(&store, &opts) {
         Ok(b) => b,
         Err(e) => {

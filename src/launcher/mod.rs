@@ -16,6 +16,7 @@ mod userns;
 
 use std::ffi::OsString;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rustix::process::{Pid, WaitOptions, waitpid};
@@ -192,13 +193,56 @@ struct Scratch {
     work: PathBuf,
     root: PathBuf,
     ephemeral: bool,
+    /// An flock on the directory, held by the run's processes while they live: how a sweep
+    /// tells a live run (in any pid namespace) from a killed one.
+    _lock: std::fs::File,
+}
+
+/// Where runs make their scratch directories (`STRATA_RUN_DIR`, else /var/tmp).
+fn scratch_base() -> PathBuf {
+    std::env::var_os("STRATA_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+}
+
+/// Removes the scratch directories of runs whose process is gone: a SIGKILL gives a run no
+/// chance to clean up, so the next run (or build) does. A directory whose lock is held, whose
+/// pid is alive (maybe reused) or whose root is still a mount point is left alone.
+pub fn sweep_scratch() {
+    let Ok(entries) = std::fs::read_dir(scratch_base()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("strata-run-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+            .and_then(Pid::from_raw);
+        let Some(pid) = pid else { continue };
+        if rustix::process::test_kill_process(pid) != Err(rustix::io::Errno::SRCH) {
+            continue;
+        }
+        let dir = e.path();
+        let Ok(lock) = std::fs::File::open(&dir) else {
+            continue;
+        };
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue;
+        }
+        let dev = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.dev());
+        if matches!((dev(&dir), dev(&dir.join("root"))), (Ok(a), Ok(b)) if a != b) {
+            continue;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 impl Scratch {
     fn new(spec: &RunSpec) -> Result<Scratch, RunError> {
-        let base = std::env::var_os("STRATA_RUN_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+        sweep_scratch();
+        let base = scratch_base();
         let dir = base.join(format!(
             "strata-run-{}-{}",
             std::process::id(),
@@ -211,6 +255,9 @@ impl Scratch {
             move |cause| RunError::Upper { path, cause }
         };
         std::fs::create_dir(&dir).map_err(err(&dir))?;
+        let lock = std::fs::File::open(&dir).map_err(err(&dir))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| err(&dir)(e.into()))?;
         let root = dir.join("root");
         std::fs::create_dir(&root).map_err(err(&root))?;
         let (upper, work, ephemeral) = match &spec.upper {
@@ -226,6 +273,7 @@ impl Scratch {
             work,
             root,
             ephemeral,
+            _lock: lock,
         })
     }
 }

@@ -311,6 +311,11 @@ impl StrataMount {
         self.child.as_ref().map_or(0, |c| c.id())
     }
 
+    /// Where the server's stderr goes.
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
+    }
+
     /// What the server wrote to stderr so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
