@@ -151,12 +151,12 @@ fn readdir(c: &mut Criterion) {
         b.iter(|| {
             let fh = u.opendir(big.id).expect("opendir");
             let mut n = 0u32;
-            u.readdir(fh, 0, |_, _, _, _| {
+            u.readdir(big.id, fh, 0, |_, _, _, _| {
                 n += 1;
                 false
             })
             .expect("readdir");
-            u.releasedir(fh);
+            u.releasedir(big.id, fh).expect("releasedir");
             assert_eq!(n, 10_002, "10,000 entries and . and ..");
             n
         })
@@ -165,12 +165,12 @@ fn readdir(c: &mut Criterion) {
         b.iter(|| {
             let fh = u.opendir(big.id).expect("opendir");
             let mut ids = Vec::with_capacity(10_002);
-            u.readdirplus(fh, 0, |_, _, node, _| {
+            u.readdirplus(big.id, fh, 0, |_, _, node, _| {
                 ids.push(node.id);
                 false
             })
             .expect("readdirplus");
-            u.releasedir(fh);
+            u.releasedir(big.id, fh).expect("releasedir");
             // "." and ".." count no lookup; every entry counts one, given back as the kernel
             // would once it forgets them.
             for id in &ids[2..] {
@@ -209,7 +209,7 @@ fn copy_up(c: &mut Criterion) {
                 },
                 |(rw, u, id)| {
                     let (fh, _) = u.open(id, libc::O_WRONLY).expect("open for writing");
-                    u.release(fh);
+                    u.release(id, fh).expect("release");
                     // Dropped after the measurement: the upper's removal is not timed.
                     (rw, u)
                 },
@@ -240,7 +240,7 @@ fn walk_all(u: &Union) -> usize {
     let mut stack = vec![ROOT_ID];
     while let Some(id) = stack.pop() {
         let fh = u.opendir(id).expect("opendir");
-        u.readdirplus(fh, 0, |_, name, node, _| {
+        u.readdirplus(id, fh, 0, |_, name, node, _| {
             if name != b"." && name != b".." {
                 held.push(node.id);
                 if node.is_dir {
@@ -250,7 +250,7 @@ fn walk_all(u: &Union) -> usize {
             false
         })
         .expect("readdirplus");
-        u.releasedir(fh);
+        u.releasedir(id, fh).expect("releasedir");
     }
     for id in &held {
         u.forget(*id, 1);

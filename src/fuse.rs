@@ -211,11 +211,12 @@ impl StrataFs {
         if fh != 0 || !self.no_opendir {
             return read(fh, &mut 0);
         }
+        // The implicit handles below are all `ino`'s own, so their releases cannot fail.
         let h = match self.implicit_dirs.remove(&(ino, offset)) {
             Some((_, h)) if offset != 0 => h,
             old => {
                 if let Some((_, h)) = old {
-                    self.union.releasedir(h);
+                    let _ = self.union.releasedir(ino, h);
                 }
                 self.union.opendir(ino)?
             }
@@ -227,17 +228,17 @@ impl StrataFs {
             if self.implicit_dirs.len() >= IMPLICIT_DIRS_MAX {
                 // Listings abandoned part way (closedir, seekdir): let them go.
                 let stale: Vec<(u64, u64)> = self.implicit_dirs.iter().map(|e| *e.key()).collect();
-                for k in stale {
-                    if let Some((_, old)) = self.implicit_dirs.remove(&k) {
-                        self.union.releasedir(old);
+                for (dir, off) in stale {
+                    if let Some((_, old)) = self.implicit_dirs.remove(&(dir, off)) {
+                        let _ = self.union.releasedir(dir, old);
                     }
                 }
             }
             if let Some(old) = self.implicit_dirs.insert((ino, last), h) {
-                self.union.releasedir(old);
+                let _ = self.union.releasedir(ino, old);
             }
         } else {
-            self.union.releasedir(h);
+            let _ = self.union.releasedir(ino, h);
         }
         r
     }
@@ -347,7 +348,7 @@ impl Filesystem for StrataFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -356,9 +357,11 @@ impl Filesystem for StrataFs {
         reply: ReplyData,
     ) {
         self.count(Op::Read);
-        answer(self.union.read(fh.0, offset, size), reply, |reply, data| {
-            reply.data(&data)
-        })
+        answer(
+            self.union.read(ino.0, fh.0, offset, size),
+            reply,
+            |reply, data| reply.data(&data),
+        )
     }
 
     fn flush(
@@ -378,7 +381,7 @@ impl Filesystem for StrataFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -386,8 +389,11 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         self.count(Op::Release);
+        // Only the inode's own handle is closed, its passthrough backing with it.
+        if let Err(e) = self.union.release(ino.0, fh.0) {
+            return reply.error(errno(e));
+        }
         self.release_handle(fh.0);
-        self.union.release(fh.0);
         reply.ok();
     }
 
@@ -419,13 +425,15 @@ impl Filesystem for StrataFs {
     ) {
         self.count(Op::Readdir);
         let r = self.listing(ino.0, fh.0, offset, |fh, last| {
-            self.union.readdir(fh, offset, |ino, next, kind, name| {
-                let full = reply.add(INodeNo(ino), next, kind_of(kind), OsStr::from_bytes(name));
-                if !full {
-                    *last = next;
-                }
-                full
-            })
+            self.union
+                .readdir(ino.0, fh, offset, |ino, next, kind, name| {
+                    let full =
+                        reply.add(INodeNo(ino), next, kind_of(kind), OsStr::from_bytes(name));
+                    if !full {
+                        *last = next;
+                    }
+                    full
+                })
         });
         answer(r, reply, |reply, ()| reply.ok())
     }
@@ -440,21 +448,22 @@ impl Filesystem for StrataFs {
     ) {
         self.count(Op::Readdirplus);
         let r = self.listing(ino.0, fh.0, offset, |fh, last| {
-            self.union.readdirplus(fh, offset, |next, name, node, st| {
-                let a = self.attr(st);
-                let full = reply.add(
-                    INodeNo(node.id),
-                    next,
-                    OsStr::from_bytes(name),
-                    &self.ttl,
-                    &a,
-                    Generation(node.generation),
-                );
-                if !full {
-                    *last = next;
-                }
-                full
-            })
+            self.union
+                .readdirplus(ino.0, fh, offset, |next, name, node, st| {
+                    let a = self.attr(st);
+                    let full = reply.add(
+                        INodeNo(node.id),
+                        next,
+                        OsStr::from_bytes(name),
+                        &self.ttl,
+                        &a,
+                        Generation(node.generation),
+                    );
+                    if !full {
+                        *last = next;
+                    }
+                    full
+                })
         });
         answer(r, reply, |reply, ()| reply.ok())
     }
@@ -462,14 +471,13 @@ impl Filesystem for StrataFs {
     fn releasedir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
         self.count(Op::Releasedir);
-        self.union.releasedir(fh.0);
-        reply.ok();
+        empty(self.union.releasedir(ino.0, fh.0), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -688,7 +696,7 @@ impl Filesystem for StrataFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -698,18 +706,20 @@ impl Filesystem for StrataFs {
         reply: fuser::ReplyWrite,
     ) {
         self.count(Op::Write);
-        answer(self.union.write(fh.0, offset, data), reply, |reply, n| {
-            reply.written(n as u32)
-        })
+        answer(
+            self.union.write(ino.0, fh.0, offset, data),
+            reply,
+            |reply, n| reply.written(n as u32),
+        )
     }
 
     fn copy_file_range(
         &self,
         _req: &Request,
-        _ino_in: INodeNo,
+        ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
@@ -718,8 +728,13 @@ impl Filesystem for StrataFs {
     ) {
         self.count(Op::CopyFileRange);
         answer(
-            self.union
-                .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len),
+            self.union.copy_file_range(
+                (ino_in.0, fh_in.0),
+                offset_in,
+                (ino_out.0, fh_out.0),
+                offset_out,
+                len,
+            ),
             reply,
             |reply, n| reply.written(n as u32),
         )
@@ -728,7 +743,7 @@ impl Filesystem for StrataFs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -736,7 +751,10 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         self.count(Op::Fallocate);
-        empty(self.union.fallocate(fh.0, mode, offset, length), reply);
+        empty(
+            self.union.fallocate(ino.0, fh.0, mode, offset, length),
+            reply,
+        );
     }
 
     fn setxattr(
@@ -782,7 +800,7 @@ impl Filesystem for StrataFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
@@ -791,7 +809,7 @@ impl Filesystem for StrataFs {
         if self.no_fsync {
             return reply.ok();
         }
-        empty(self.union.fsync(fh.0, datasync), reply);
+        empty(self.union.fsync(ino.0, fh.0, datasync), reply);
     }
 }
 

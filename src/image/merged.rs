@@ -76,13 +76,13 @@ impl Merged {
         let (fh, _) = self.union.open(id, libc::O_RDONLY)?;
         let mut out = Vec::new();
         let res = loop {
-            match self.union.read(fh, out.len() as u64, 1 << 20) {
+            match self.union.read(id, fh, out.len() as u64, 1 << 20) {
                 Ok(chunk) if chunk.is_empty() => break Ok(()),
                 Ok(chunk) => out.extend_from_slice(&chunk),
                 Err(e) => break Err(e),
             }
         };
-        self.union.release(fh);
+        let _ = self.union.release(id, fh);
         res.map(|()| out)
     }
 
@@ -90,13 +90,13 @@ impl Merged {
     pub fn list(&self, id: u64) -> io::Result<Vec<Vec<u8>>> {
         let fh = self.union.opendir(id)?;
         let mut names = Vec::new();
-        let res = self.union.readdir(fh, 0, |_, _, _, name| {
+        let res = self.union.readdir(id, fh, 0, |_, _, _, name| {
             if name != b"." && name != b".." {
                 names.push(name.to_vec());
             }
             false
         });
-        self.union.releasedir(fh);
+        let _ = self.union.releasedir(id, fh);
         res?;
         names.sort();
         Ok(names)

@@ -79,9 +79,15 @@ impl Handles {
         }
     }
 
-    pub fn remove_file(&self, fh: u64) {
-        if let Some((_, open)) = self.files.remove(&fh) {
-            open.node.opens.fetch_sub(1, Ordering::Relaxed);
+    /// Closes `fh` if it is node `id`'s: a release naming another inode is EBADF and closes
+    /// nothing.
+    pub fn remove_file(&self, id: u64, fh: u64) -> io::Result<()> {
+        match self.files.remove_if(&fh, |_, open| open.node.id == id) {
+            Some((_, open)) => {
+                open.node.opens.fetch_sub(1, Ordering::Relaxed);
+                Ok(())
+            }
+            None => Err(err(libc::EBADF)),
         }
     }
 
@@ -91,18 +97,27 @@ impl Handles {
         fh
     }
 
-    pub fn dir(&self, fh: u64) -> io::Result<Arc<Mutex<DirHandle>>> {
+    /// The open directory `fh`, which must be node `id`'s (EBADF otherwise, as for files).
+    pub fn dir(&self, id: u64, fh: u64) -> io::Result<Arc<Mutex<DirHandle>>> {
         self.dirs
             .get(&fh)
+            .filter(|h| Self::dir_of(h, id))
             .map(|h| h.clone())
             .ok_or_else(|| err(libc::EBADF))
     }
 
-    /// Closes an open directory, unpinning its fds.
-    pub fn remove_dir(&self, fh: u64) {
-        if let Some((_, h)) = self.dirs.remove(&fh) {
-            let h = h.lock().unwrap_or_else(|p| p.into_inner());
-            h.pinned.iter().for_each(Dir::unpin);
-        }
+    /// Closes node `id`'s open directory `fh`, unpinning its fds.
+    pub fn remove_dir(&self, id: u64, fh: u64) -> io::Result<()> {
+        let (_, h) = self
+            .dirs
+            .remove_if(&fh, |_, h| Self::dir_of(h, id))
+            .ok_or_else(|| err(libc::EBADF))?;
+        let h = h.lock().unwrap_or_else(|p| p.into_inner());
+        h.pinned.iter().for_each(Dir::unpin);
+        Ok(())
+    }
+
+    fn dir_of(h: &Mutex<DirHandle>, id: u64) -> bool {
+        h.lock().unwrap_or_else(|p| p.into_inner()).node.id == id
     }
 }

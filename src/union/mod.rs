@@ -471,8 +471,8 @@ impl Union {
         Ok((fh, file))
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
-        let file = self.file_current(fh)?;
+    pub fn read(&self, id: u64, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        let file = self.file_current(id, fh)?;
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         // Short reads only at EOF: the kernel would fill the rest with zeroes otherwise.
@@ -491,12 +491,12 @@ impl Union {
     /// The file behind a handle for reading. A handle opened on a lower file whose node has
     /// been copied up since reads the upper copy from then on, as kernel overlayfs (4.19+)
     /// switches such a file to the upper one.
-    pub(super) fn file_current(&self, fh: u64) -> io::Result<Arc<File>> {
+    pub(super) fn file_current(&self, id: u64, fh: u64) -> io::Result<Arc<File>> {
         let OpenFile {
             node,
             file,
             on_lower,
-        } = self.handles.file(fh)?;
+        } = self.handles.find(id, fh)?;
         if !on_lower || !Self::data_in_upper(&node.state()) {
             return Ok(file);
         }
@@ -516,8 +516,8 @@ impl Union {
 
     /// Closes a file handle. An unlinked file's hidden link stays until the kernel forgets
     /// the node: it may still ask about it (an `O_PATH` fd, a second open file).
-    pub fn release(&self, fh: u64) {
-        self.handles.remove_file(fh);
+    pub fn release(&self, id: u64, fh: u64) -> io::Result<()> {
+        self.handles.remove_file(id, fh)
     }
 
     pub fn opendir(&self, id: u64) -> io::Result<u64> {
@@ -547,8 +547,8 @@ impl Union {
 
     /// The listing snapshot of an open directory, built on the first read and rebuilt when a
     /// reader rewinds to offset 0.
-    fn snapshot(&self, fh: u64, offset: u64) -> io::Result<(Arc<Node>, Arc<Vec<Entry>>)> {
-        let h = self.handles.dir(fh)?;
+    fn snapshot(&self, id: u64, fh: u64, offset: u64) -> io::Result<(Arc<Node>, Arc<Vec<Entry>>)> {
+        let h = self.handles.dir(id, fh)?;
         let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
         let entries = match &h.entries {
             Some(e) if offset != 0 => e.clone(),
@@ -571,11 +571,12 @@ impl Union {
     /// true (buffer full). Offsets: 1 is after ".", 2 after "..", n+3 after entry n.
     pub fn readdir(
         &self,
+        id: u64,
         fh: u64,
         offset: u64,
         mut add: impl FnMut(u64, u64, FileType, &[u8]) -> bool,
     ) -> io::Result<()> {
-        let (node, entries) = self.snapshot(fh, offset)?;
+        let (node, entries) = self.snapshot(id, fh, offset)?;
         let parent_ino = node.state().parent.as_ref().map_or(node.ino, |p| p.ino);
         let mut off = offset;
         loop {
@@ -600,11 +601,12 @@ impl Union {
     /// The kernel never links "." and "..", so they count no lookup.
     pub fn readdirplus(
         &self,
+        id: u64,
         fh: u64,
         offset: u64,
         mut add: impl FnMut(u64, &[u8], &Node, &Stat) -> bool,
     ) -> io::Result<()> {
-        let (dir, entries) = self.snapshot(fh, offset)?;
+        let (dir, entries) = self.snapshot(id, fh, offset)?;
         let parent = dir.state().parent.clone().unwrap_or_else(|| dir.clone());
         for (off, name, node) in [(0, b".".as_slice(), &dir), (1, b"..".as_slice(), &parent)] {
             if offset <= off && add(off + 1, name, node, &self.getattr(node.id)?) {
@@ -630,8 +632,8 @@ impl Union {
         Ok(())
     }
 
-    pub fn releasedir(&self, fh: u64) {
-        self.handles.remove_dir(fh);
+    pub fn releasedir(&self, id: u64, fh: u64) -> io::Result<()> {
+        self.handles.remove_dir(id, fh)
     }
 
     /// Counters of the directory fd cache.

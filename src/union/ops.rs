@@ -544,32 +544,32 @@ impl Union {
         self.getattr(id)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<usize> {
-        let file = self.file(fh)?;
+    pub fn write(&self, id: u64, fh: u64, offset: u64, data: &[u8]) -> io::Result<usize> {
+        let file = self.file(id, fh)?;
         sys::pwrite(&file, data, offset)
     }
 
-    pub fn fsync(&self, fh: u64, data_only: bool) -> io::Result<()> {
-        sys::fsync(&*self.file(fh)?, data_only)
+    pub fn fsync(&self, id: u64, fh: u64, data_only: bool) -> io::Result<()> {
+        sys::fsync(&*self.file(id, fh)?, data_only)
     }
 
     /// copy_file_range(2) between two open handles, done by the filesystem below (a reflink
-    /// or an in-kernel copy, no data through us).
+    /// or an in-kernel copy, no data through us). Each side is (node id, handle).
     pub fn copy_file_range(
         &self,
-        fh_in: u64,
+        (id_in, fh_in): (u64, u64),
         off_in: u64,
-        fh_out: u64,
+        (id_out, fh_out): (u64, u64),
         off_out: u64,
         len: u64,
     ) -> io::Result<usize> {
-        let from = self.file_current(fh_in)?;
-        let to = self.file(fh_out)?;
+        let from = self.file_current(id_in, fh_in)?;
+        let to = self.file(id_out, fh_out)?;
         sys::copy_range(&from, off_in, &to, off_out, len.min(1 << 30) as usize)
     }
 
-    pub fn fallocate(&self, fh: u64, mode: i32, offset: u64, len: u64) -> io::Result<()> {
-        sys::fallocate(&*self.file(fh)?, mode, offset, len)
+    pub fn fallocate(&self, id: u64, fh: u64, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+        sys::fallocate(&*self.file(id, fh)?, mode, offset, len)
     }
 
     pub fn setxattr(&self, id: u64, key: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
@@ -598,8 +598,9 @@ impl Union {
         self.xattr_target(id, |dir, name| sys::remove_xattr(dir, name, &key))
     }
 
-    pub(super) fn file(&self, fh: u64) -> io::Result<Arc<File>> {
-        self.handles.file(fh).map(|f| f.file)
+    /// Node `id`'s open file `fh` (EBADF for another inode's handle).
+    pub(super) fn file(&self, id: u64, fh: u64) -> io::Result<Arc<File>> {
+        self.handles.find(id, fh).map(|f| f.file)
     }
 }
 

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
@@ -30,7 +31,7 @@ fn list(u: &Union, id: u64) -> BTreeMap<Vec<u8>, (u64, FileType)> {
     // Two entries per call, to exercise offsets across calls.
     loop {
         let mut got = 0;
-        u.readdir(fh, off, |ino, next, kind, name| {
+        u.readdir(id, fh, off, |ino, next, kind, name| {
             out.insert(name.to_vec(), (ino, kind));
             off = next;
             got += 1;
@@ -41,7 +42,7 @@ fn list(u: &Union, id: u64) -> BTreeMap<Vec<u8>, (u64, FileType)> {
             break;
         }
     }
-    u.releasedir(fh);
+    u.releasedir(id, fh).unwrap();
     out.remove(b".".as_slice());
     out.remove(b"..".as_slice());
     out
@@ -188,7 +189,7 @@ fn unlinked_file_held_by_the_kernel_keeps_its_inode() {
         let (a, _, fh, _) = u
             .create(ROOT_ID, OsStr::new(&old), 0o644, libc::O_WRONLY, who)
             .unwrap();
-        u.release(fh);
+        u.release(a.id, fh).unwrap();
         let real = fs::metadata(up.join(&old)).unwrap().ino();
         u.unlink(ROOT_ID, OsStr::new(&old)).unwrap();
         // The kernel still holds `a` (no forget): it answers, and a new file must not become it.
@@ -197,8 +198,8 @@ fn unlinked_file_held_by_the_kernel_keeps_its_inode() {
         let (b, st, fh, _) = u
             .create(ROOT_ID, OsStr::new(&new), 0o644, libc::O_WRONLY, who)
             .unwrap();
-        u.write(fh, 0, b"new").unwrap();
-        u.release(fh);
+        u.write(b.id, fh, 0, b"new").unwrap();
+        u.release(b.id, fh).unwrap();
         assert_ne!(fs::metadata(up.join(&new)).unwrap().ino(), real);
         assert_ne!(a.id, b.id, "round {i}: new file took the old node");
         assert_eq!(st.st_ino, b.ino);
@@ -251,8 +252,8 @@ fn walk_to(u: &Union, path: &str) -> Arc<Node> {
 
 fn read_all(u: &Union, id: u64) -> Vec<u8> {
     let (fh, _) = u.open(id, libc::O_RDONLY).unwrap();
-    let data = u.read(fh, 0, 1 << 16).unwrap();
-    u.release(fh);
+    let data = u.read(id, fh, 0, 1 << 16).unwrap();
+    u.release(id, fh).unwrap();
     data
 }
 
@@ -303,7 +304,7 @@ fn renames_of_evicted_directories() {
     let (g, _, fh, _) = u
         .create(o.id, OsStr::new("g"), 0o644, libc::O_WRONLY, who)
         .unwrap();
-    u.release(fh);
+    u.release(g.id, fh).unwrap();
     assert!(
         t.path().join("u/x/m2/n/o/g").exists(),
         "created where o is now"
@@ -317,8 +318,8 @@ fn renames_of_evicted_directories() {
 
     // Copy-up below a moved, evicted directory lands in its new place.
     let (fh, _) = u.open(f.id, libc::O_WRONLY | libc::O_TRUNC).unwrap();
-    u.write(fh, 0, b"upper f").unwrap();
-    u.release(fh);
+    u.write(f.id, fh, 0, b"upper f").unwrap();
+    u.release(f.id, fh).unwrap();
     assert_eq!(fs::read(t.path().join("u/x/a2/b/c/f")).unwrap(), b"upper f");
 
     // Exchange, then move back under the root, evicting between each step.
@@ -351,7 +352,7 @@ fn renames_of_evicted_directories() {
 
     // A removed directory still answers (its fd was kept).
     let (fh, _) = u.open(g.id, libc::O_RDONLY).unwrap();
-    u.release(fh);
+    u.release(g.id, fh).unwrap();
     u.unlink(o.id, OsStr::new("g")).unwrap();
     u.rmdir(n.id, OsStr::new("o")).unwrap();
     u.dir_fds.evict_all();
@@ -369,25 +370,25 @@ fn open_directories_keep_their_fds() {
         fs::create_dir_all(t.path().join(format!("l/d{i}"))).unwrap();
     }
     let u = writable(t.path(), 1);
-    let fhs: Vec<u64> = (0..20)
+    let fhs: Vec<(u64, u64)> = (0..20)
         .map(|i| {
             let n = walk_to(&u, &format!("d{i}"));
-            u.opendir(n.id).unwrap()
+            (n.id, u.opendir(n.id).unwrap())
         })
         .collect();
     let s = u.dir_fd_stats();
     assert!(s.open >= 20, "pinned ones are never closed: {s:?}");
     let before = s.reopens;
-    for &fh in &fhs {
-        u.readdir(fh, 0, |_, _, _, _| false).unwrap();
+    for &(id, fh) in &fhs {
+        u.readdir(id, fh, 0, |_, _, _, _| false).unwrap();
     }
     assert_eq!(
         u.dir_fd_stats().reopens,
         before,
         "listing open ones reopens nothing"
     );
-    for fh in fhs {
-        u.releasedir(fh);
+    for (id, fh) in fhs {
+        u.releasedir(id, fh).unwrap();
     }
     walk_to(&u, "d0");
     assert!(u.dir_fd_stats().open <= 2);
@@ -411,7 +412,7 @@ fn unlinked_special_files_answer_until_forgotten() {
             .0,
         u.create(ROOT_ID, OsStr::new("reg"), 0o644, libc::O_WRONLY, who)
             .map(|(n, _, fh, _)| {
-                u.release(fh);
+                u.release(n.id, fh).unwrap();
                 n
             })
             .unwrap(),
@@ -459,12 +460,12 @@ fn unlinked_special_files_answer_until_forgotten() {
     // Reopened by the kernel (an O_PATH fd through /proc): the regular file's data is there.
     let reg = &nodes[2];
     let (fh, _) = u.open(reg.id, libc::O_RDWR).unwrap();
-    u.write(fh, 0, b"still here").unwrap();
-    assert_eq!(u.read(fh, 0, 100).unwrap(), b"still here");
+    u.write(reg.id, fh, 0, b"still here").unwrap();
+    assert_eq!(u.read(reg.id, fh, 0, 100).unwrap(), b"still here");
     assert_eq!(u.getattr_fh(reg.id, fh).unwrap().st_nlink, 0);
     u.setxattr(reg.id, b"user.k", b"v", 0).unwrap();
     assert_eq!(u.listxattr(reg.id).unwrap(), b"user.k\0");
-    u.release(fh);
+    u.release(reg.id, fh).unwrap();
     assert_eq!(
         u.getattr(reg.id).unwrap().st_size,
         10,
@@ -504,7 +505,34 @@ fn handles_belong_to_their_inode_and_internal_lookups_balance() {
         Some(libc::EBADF)
     );
     assert_eq!(u.getattr(a.id).unwrap().st_size, 4, "a not truncated");
-    u.release(fh);
+    // The requests that carry only a handle are checked against their inode too.
+    let ebadf = |r: io::Result<()>, what: &str| {
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EBADF), "{what}");
+    };
+    ebadf(u.read(b.id, fh, 0, 10).map(drop), "read");
+    ebadf(u.write(b.id, fh, 0, b"x").map(drop), "write");
+    ebadf(u.fsync(b.id, fh, false), "fsync");
+    ebadf(u.fallocate(b.id, fh, 0, 0, 100), "fallocate");
+    let (fb, _) = u.open(b.id, libc::O_RDWR).unwrap();
+    let cfr = u.copy_file_range((b.id, fh), 0, (b.id, fb), 0, 4).map(drop);
+    ebadf(cfr, "copy_file_range from another's handle");
+    let cfr = u.copy_file_range((b.id, fb), 0, (a.id, fb), 0, 2).map(drop);
+    ebadf(cfr, "copy_file_range into another's handle");
+    ebadf(u.release(b.id, fh), "release");
+    assert_eq!(u.read(a.id, fh, 0, 10).unwrap(), b"aaaa", "still open");
+    u.release(b.id, fb).unwrap();
+    let dh = u.opendir(ROOT_ID).unwrap();
+    ebadf(u.readdir(a.id, dh, 0, |_, _, _, _| false), "readdir");
+    ebadf(
+        u.readdirplus(a.id, dh, 0, |_, _, _, _| false),
+        "readdirplus",
+    );
+    ebadf(u.releasedir(a.id, dh), "releasedir");
+    u.readdir(ROOT_ID, dh, 0, |_, _, _, _| false).unwrap();
+    u.releasedir(ROOT_ID, dh).unwrap();
+    assert_eq!(fs::read(low.join("a")).unwrap(), b"aaaa", "lower untouched");
+    assert_eq!(fs::read(low.join("b")).unwrap(), b"bb", "lower untouched");
+    u.release(a.id, fh).unwrap();
     let before = u.node_count();
     // Refused renames and removals hold nothing afterwards.
     let mode = RenameMode::NoReplace;
