@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::{Config, MountOption, SessionACL};
 
@@ -373,7 +373,41 @@ fn serve(
             return Err(mount_err(e));
         }
     };
-    // SIGINT/SIGTERM/SIGHUP unmount cleanly; the session then ends by itself.
+    stop_on_signal(&mut session, &c.mountpoint, volatile.clone())?;
+    if let Some(mut report) = report.take() {
+        let _ = report.write_all(b"ok");
+        drop(report);
+        let _ = sys::stdio_to_devnull();
+    }
+    let r = session.run().map_err(mount_err);
+    if r.is_ok() {
+        clean_stop(volatile.as_ref());
+    }
+    r
+}
+
+/// A clean stop: once the upper is on disk nothing was lost, so the next mount may go on.
+fn clean_stop(volatile: Option<&(PathBuf, PathBuf)>) {
+    if let Some((upper, work)) = volatile
+        && sync_dir(upper).is_ok()
+    {
+        let _ = std::fs::remove_dir(volatile_marker(work));
+    }
+}
+
+/// How long a stop request waits for the kernel to end the session after the unmount.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// SIGINT/SIGTERM/SIGHUP unmount; the session then ends by itself once the kernel drops the
+/// mount. A copy of the mount in another mount namespace (one made while it was mounted)
+/// keeps it alive for as long as that namespace lives, so a stop request that has not ended
+/// the session after `STOP_GRACE`, or a second signal, ends the daemon: those copies then
+/// answer ENOTCONN, as fuse-overlayfs's do. Every write is already in the upper by then.
+fn stop_on_signal(
+    session: &mut fuser::Session<StrataFs>,
+    mountpoint: &Path,
+    volatile: Option<(PathBuf, PathBuf)>,
+) -> Result<(), MountError> {
     let mut unmounter = session.unmount_callable();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -381,26 +415,22 @@ fn serve(
         signal_hook::consts::SIGHUP,
     ])
     .map_err(MountError::Daemon)?;
-    let mountpoint = c.mountpoint.clone();
+    let mountpoint = mountpoint.to_path_buf();
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() && unmounter.unmount().is_err() {
+        if signals.forever().next().is_none() {
+            return;
+        }
+        if unmounter.unmount().is_err() {
             let _ = sys::unmount(&mountpoint, true);
         }
+        let until = Instant::now() + STOP_GRACE;
+        while Instant::now() < until && signals.pending().next().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        clean_stop(volatile.as_ref());
+        std::process::exit(0);
     });
-    if let Some(mut report) = report.take() {
-        let _ = report.write_all(b"ok");
-        drop(report);
-        let _ = sys::stdio_to_devnull();
-    }
-    let r = session.run().map_err(mount_err);
-    // A clean stop: once the upper is on disk nothing was lost, so the next mount may go on.
-    if let Some((upper, work)) = volatile
-        && r.is_ok()
-        && sync_dir(&upper).is_ok()
-    {
-        let _ = std::fs::remove_dir(volatile_marker(&work));
-    }
-    r
+    Ok(())
 }
 
 /// The kernel's marker of a volatile mount, `WORKDIR/work/incompat/volatile`: while it is

@@ -1392,3 +1392,62 @@ fn sigterm_and_sigint_unmount_cleanly() {
         );
     }
 }
+
+/// A process in another mount namespace, made while the mount existed, holds a copy of it;
+/// killed when dropped, even when the test fails.
+struct NamespaceHolder(std::process::Child);
+
+impl Drop for NamespaceHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The kernel ends a FUSE session only when the last copy of its mount goes; a mount
+/// namespace made meanwhile (a container, `unshare -m`) keeps one. SIGTERM must still stop
+/// the daemon (after its short grace period), and the copy then answers ENOTCONN, not a hang.
+#[test]
+fn sigterm_stops_the_daemon_while_another_namespace_holds_the_mount() {
+    if !require_mount_env() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    write(&fx.layer(0).join("f"), b"f");
+    let mnt = fx.path("m");
+    let (up, work) = (fx.path("up"), fx.path("work"));
+    let m = StrataMount::with_upper(&fx.layers, &up, &work, &mnt);
+    let holder = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sleep", "300"])
+        .spawn()
+        .expect("unshare");
+    let holder = NamespaceHolder(holder);
+    let ns = format!("/proc/{}/ns/mnt", holder.0.id());
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            fs::read_link(&ns).ok() != fs::read_link("/proc/self/ns/mnt").ok()
+        }),
+        "unshare made no namespace"
+    );
+    let pid = rustix::process::Pid::from_raw(m.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = m.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "strata did not stop on SIGTERM while another namespace held its mount: {status:?}"
+    );
+    // The copy in the other namespace is a dead mount now.
+    let out = Command::new("nsenter")
+        .args(["-t", &holder.0.id().to_string(), "-m", "stat", "-c", "%i"])
+        .arg(&mnt)
+        .output()
+        .expect("nsenter");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Transport endpoint is not connected"),
+        "the copy should answer ENOTCONN: {:?} {err}",
+        out.status
+    );
+    drop(holder);
+    assert!(!is_mounted(&mnt));
+}
