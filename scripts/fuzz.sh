@@ -29,6 +29,9 @@ fi
 
 args=(-max_total_time="$secs")
 [ -f "fuzz/$target.dict" ] && args+=(-dict="$PWD/fuzz/$target.dict")
+# New inputs go to fuzz/corpus/TARGET (not committed); fuzz/seeds/TARGET (committed) starts it.
 mkdir -p "fuzz/corpus/$target"
-echo "fuzz.sh: RUSTC_BOOTSTRAP=1 cargo fuzz run $target -- ${args[*]} $*"
-RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- "${args[@]}" "$@"
+corpora=("fuzz/corpus/$target")
+[ -d "fuzz/seeds/$target" ] && corpora+=("fuzz/seeds/$target")
+echo "fuzz.sh: RUSTC_BOOTSTRAP=1 cargo fuzz run $target ${corpora[*]} -- ${args[*]} $*"
+RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "${corpora[@]}" -- "${args[@]}" "$@"
