@@ -10,8 +10,8 @@
 #   STRATA=PATH            the binary (default: target/debug/strata quick, target/release full)
 #   STRESS_MINUTES=N       how long the 8 writers run in the full form
 #   STRESS_DIR=/var/tmp    where the layers, uppers and mounts go (a real disk filesystem)
-#   STRESS_OPS, STRESS_WALK, STRESS_BIGDIR, STRESS_CASES   override the sizes (STRESS_CASES=0:
-#                          no differential run)
+#   STRESS_OPS, STRESS_WALK, STRESS_BIGDIR, STRESS_CASES, STRESS_FUZZ_SECS   override the
+#                          sizes (STRESS_CASES=0: no differential run; STRESS_FUZZ_SECS=0: no fuzzing)
 #
 # Prints one table row per phase: what ran, how much, the result, the daemon's peak and final
 # RSS and open fds. Exits non-zero if any phase failed (a hang, a tree that differs from kernel
@@ -23,7 +23,7 @@ quick=0
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
-    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "stress.sh: unknown argument '$arg' (only --quick)" >&2; exit 2 ;;
   esac
 done
@@ -38,6 +38,7 @@ else
   FUZZ_SECS=600 profile=release
 fi
 OPS=${STRESS_OPS:-$OPS} WALK=${STRESS_WALK:-$WALK} CASES=${STRESS_CASES:-$CASES} BIGDIR=${STRESS_BIGDIR:-$BIGDIR}
+FUZZ_SECS=${STRESS_FUZZ_SECS:-$FUZZ_SECS}
 if [ -z "${STRATA:-}" ]; then
   if [ "$profile" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
   STRATA="$PWD/target/$profile/strata"
