@@ -17,36 +17,6 @@ fn errno<T>(r: std::io::Result<T>) -> Option<i32> {
     r.err().and_then(|e| e.raw_os_error())
 }
 
-/// A tmpfs of `size` at `dir`, unmounted on drop.
-struct SmallFs(std::path::PathBuf);
-
-impl SmallFs {
-    fn mount(dir: &Path, size: &str) -> SmallFs {
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "strata-small"])
-            .arg(dir)
-            .status()
-            .expect("run mount");
-        assert!(st.success(), "mount tmpfs at {}", dir.display());
-        SmallFs(dir.to_owned())
-    }
-
-    fn resize(&self, size: &str) {
-        let st = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .expect("run mount");
-        assert!(st.success(), "remount {}", self.0.display());
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        unmount(&self.0);
-    }
-}
-
 fn staging_is_empty(work: &Path) -> bool {
     fs::read_dir(work.join("work")).map_or(true, |mut d| d.next().is_none())
 }

@@ -315,6 +315,17 @@ fn kill_during_commit() {
     assert!(killed > 0, "no kill landed before the commit ended");
 }
 
+/// A build context in the store's temp dir: `big` (`size` random bytes) and `dockerfile`.
+fn context(s: &Store, size: usize, dockerfile: &str) -> String {
+    let mut rng = Lcg(11);
+    let big: Vec<u8> = (0..size).map(|_| rng.next() as u8).collect();
+    let ctx = s.path("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("big"), big).unwrap();
+    fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    ctx.to_str().unwrap().to_owned()
+}
+
 #[test]
 fn kill_during_build() {
     let Some(env) = build_env::Env::new() else {
@@ -327,17 +338,11 @@ fn kill_during_build() {
     };
     fs::rename(env.path("store"), s.path("store")).unwrap();
     fs::create_dir_all(s.path("scratch")).unwrap();
-    let mut rng = Lcg(11);
-    let big: Vec<u8> = (0..1 << 20).map(|_| rng.next() as u8).collect();
-    let ctx = s.path("ctx");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(ctx.join("big"), big).unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
+    let ctx = context(
+        &s,
+        1 << 20,
         "FROM base\nCOPY big /big\nRUN cat /big /big > /twice && echo done > /done\n",
-    )
-    .unwrap();
-    let ctx = ctx.to_str().unwrap().to_owned();
+    );
     let (killed, _) = kill_at_random(
         &s,
         "build",
@@ -447,4 +452,220 @@ fn kill_during_pull() {
         |s| drop_image(s, &dest),
     );
     assert!(killed > 0, "no kill landed before the pull ended");
+}
+
+// ---- a full store ----
+
+/// Every file under the store (path, size), but staging (`tmp/`), the lock, the filler and
+/// what `keep` names (a pull's resumable `partial/` downloads): what must not change when a
+/// command fails for want of space.
+fn contents(root: &Path, keep: &[&str]) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_owned();
+            let top = rel.iter().next().and_then(|t| t.to_str()).unwrap_or("");
+            if ["tmp", "lock", FILLER].contains(&top) || keep.contains(&top) {
+                continue;
+            }
+            let m = fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                todo.push(p);
+            }
+            out.push((rel, m.len()));
+        }
+    }
+    out.sort();
+    out
+}
+
+const FILLER: &str = "filler";
+
+/// Fills the filesystem of the store with a file until at most `room` bytes are free.
+fn fill(store: &Path, room: u64) {
+    let st = rustix::fs::statvfs(store).unwrap();
+    let free = st.f_bavail * st.f_frsize;
+    let mut f = fs::File::create(store.join(FILLER)).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    let mut left = free.saturating_sub(room);
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        if f.write_all(&chunk[..n]).is_err() {
+            break;
+        }
+        left -= n as u64;
+    }
+}
+
+/// `cmd` into the store `s` (on its own small tmpfs), filled to `room` bytes free, must fail
+/// in one line naming ENOSPC once and the step (`names`), leave the store as it was (and `image check` passing, no
+/// staging left), then succeed once the filler is gone. `keep`: store subdirectories a
+/// failure may leave by design.
+fn full_then_freed(
+    s: &Store,
+    what: &str,
+    names: &str,
+    mut cmd: impl FnMut() -> Command,
+    keep: &[&str],
+) {
+    let root = s.path("store");
+    let before = (s.names(), contents(&root, keep));
+    fill(&root, 256 << 10);
+    let o = cmd().output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{what} succeeded into a full store");
+    // Progress lines may precede it (a build's steps); strata's error is one line.
+    let ours: Vec<&str> = err.lines().filter(|l| l.starts_with("strata:")).collect();
+    assert_eq!(ours.len(), 1, "{what}: not one error line: {err}");
+    assert_eq!(
+        ours[0].matches("No space left on device").count(),
+        1,
+        "{what}: ENOSPC named not once: {err}"
+    );
+    assert!(
+        ours[0].contains(names),
+        "{what}: the step is not named: {err}"
+    );
+    s.check_passes(&format!("{what}: after ENOSPC"));
+    assert_eq!(
+        (s.names(), contents(&root, keep)),
+        before,
+        "{what}: the failure changed the store"
+    );
+    let staging: Vec<_> = fs::read_dir(root.join("tmp")).unwrap().flatten().collect();
+    assert!(staging.is_empty(), "{what}: staging left: {staging:?}");
+    eprintln!("{what} into a full store: {}", ours[0]);
+    fs::remove_file(root.join(FILLER)).unwrap();
+    let o = cmd().output().unwrap();
+    assert!(
+        o.status.success(),
+        "{what} once space is free: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    s.check_passes(&format!("{what}: after space returned"));
+}
+
+/// A store whose root is a 64 MiB tmpfs, unmounted before the temp dir goes.
+fn small_store(dir: tempfile::TempDir) -> (common::SmallFs, Store) {
+    let s = Store { dir };
+    fs::create_dir_all(s.path("store")).unwrap();
+    fs::create_dir_all(s.path("scratch")).unwrap();
+    (common::SmallFs::mount(&s.path("store"), "64m"), s)
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("strata-store-faults-")
+        .tempdir_in("/var/tmp")
+        .unwrap()
+}
+
+#[test]
+fn import_into_a_full_store() {
+    if !common::require_mount_env() {
+        return;
+    }
+    let (_fs, s) = small_store(tempdir());
+    let (small, big) = (s.path("small"), s.path("big"));
+    layout(&small, 20, 1000, "1");
+    s.ok(&[
+        "image",
+        "import",
+        small.to_str().unwrap(),
+        "--name",
+        "small:1",
+    ]);
+    layout(&big, 100, 4 << 20, "1");
+    let big = big.to_str().unwrap().to_owned();
+    full_then_freed(
+        &s,
+        "image import",
+        "writing file \"big\" in layer sha256:",
+        || {
+            let mut c = s.cmd();
+            c.args(["image", "import", &big, "--name", "big:1"]);
+            c
+        },
+        &[],
+    );
+    assert_eq!(s.names().len(), 2);
+}
+
+#[test]
+fn pull_into_a_full_store() {
+    if !common::require_mount_env() {
+        return;
+    }
+    let Some(reg) = Registry::start() else {
+        return;
+    };
+    let conf = format!(
+        "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
+        reg.host
+    );
+    let a = Store::new();
+    let (_fs, b) = small_store(tempdir());
+    for side in [&a, &b] {
+        fs::write(side.path("registries.conf"), &conf).unwrap();
+    }
+    let src = a.path("layout");
+    layout(&src, 100, 4 << 20, "1");
+    a.ok(&["image", "import", src.to_str().unwrap(), "--name", "app:1"]);
+    let dest = format!("{}/test/app:1", reg.host);
+    a.ok(&["push", "app:1", &dest]);
+    let small = b.path("small");
+    layout(&small, 20, 1000, "1");
+    b.ok(&[
+        "image",
+        "import",
+        small.to_str().unwrap(),
+        "--name",
+        "small:1",
+    ]);
+    // An interrupted download stays in partial/ to be resumed (registry::resume).
+    full_then_freed(
+        &b,
+        "pull",
+        "writing file \"big\" in layer sha256:",
+        || {
+            let mut c = b.cmd();
+            c.args(["pull", "-q", &dest]);
+            c
+        },
+        &["partial"],
+    );
+    assert!(b.names().contains(&dest));
+}
+
+#[test]
+fn build_into_a_full_store() {
+    let Some(env) = build_env::Env::new() else {
+        return;
+    };
+    let (_fs, s) = small_store(tempfile::tempdir_in(env.dir.path()).unwrap());
+    // The Env's base image goes into the small store.
+    fs::remove_dir_all(env.path("store")).ok();
+    std::os::unix::fs::symlink(s.path("store"), env.path("store")).unwrap();
+    env.base("base");
+    let ctx = context(
+        &s,
+        2 << 20,
+        "FROM base\nCOPY big /big\nRUN cat /big > /copy\n",
+    );
+    full_then_freed(
+        &s,
+        "build",
+        "Dockerfile:2: writing /big",
+        || {
+            let mut c = s.cmd();
+            c.args(["build", "-t", "built:1", &ctx]);
+            c
+        },
+        &[],
+    );
+    assert!(s.names().contains(&"built:1".to_owned()));
+    let left: Vec<_> = fs::read_dir(s.path("scratch")).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left in the run directory: {left:?}");
 }

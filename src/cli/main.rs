@@ -132,13 +132,28 @@ fn main() -> std::process::ExitCode {
     match run() {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            // One line, naming the problem: every error message embeds its cause.
-            eprintln!("strata: {e:#}");
+            eprintln!("strata: {}", one_line(&e));
             // `strata run` follows docker: 125 when strata itself fails.
             let run = std::env::args_os().nth(1).is_some_and(|a| a == "run");
             std::process::ExitCode::from(if run { 125 } else { 1 })
         }
     }
+}
+
+/// The error and its causes on one line. Our error types embed their cause in their message
+/// (and also return it as `source`), so a cause the line already ends with is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if !line.ends_with(&c) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&c);
+        }
+    }
+    line
 }
 
 /// The exit code: 0, or the command's for `strata run`.
@@ -186,4 +201,22 @@ fn run() -> anyhow::Result<u8> {
         Cmd::Pipeline(c) => return pipeline::pipeline(cli.root, c),
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_line_names_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("writing file \"big\": {0}")]
+        struct Embeds(#[source] std::io::Error);
+        let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e = anyhow::Error::new(Embeds(io)).context("importing /x");
+        assert_eq!(
+            super::one_line(&e),
+            "importing /x: writing file \"big\": No space left on device (os error 28)"
+        );
+        let plain = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EIO)).context("a");
+        assert_eq!(super::one_line(&plain), "a: Input/output error (os error 5)");
+    }
 }

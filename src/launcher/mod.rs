@@ -18,6 +18,9 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rustix::process::{Pid, WaitOptions, waitpid};
 use rustix::thread::UnshareFlags;
@@ -112,6 +115,11 @@ pub enum RunError {
     Step { step: String, cause: std::io::Error },
     #[error("starting the container: {0}")]
     Process(std::io::Error),
+    #[error(
+        "the filesystem daemon serving the container's root {0} died (its FUSE connection \
+         ended): the container was stopped"
+    )]
+    DaemonDied(PathBuf),
 }
 
 /// Parses a size like `256M`, `1g`, `512k` or `1048576` (bytes).
@@ -362,8 +370,10 @@ pub fn run(spec: &RunSpec) -> Result<i32, RunError> {
         }
     };
 
-    // 3. The container runs; we relay signals until it ends.
-    let code = wait(relay);
+    // 3. The container runs; we relay signals until it ends, or its root's daemon dies.
+    let (code, died) = wait_serving(relay, &session.guard);
+    // The command may have exited (or died of SIGBUS) because its root had just gone.
+    let died = died || !serving(&scratch.root, &session.guard);
     if rustix::termios::isatty(std::io::stdin()) {
         let _ = sys::take_terminal(Some(rustix::process::getpgrp()));
     }
@@ -372,7 +382,11 @@ pub fn run(spec: &RunSpec) -> Result<i32, RunError> {
     drop(session);
     let oom = cgroup.as_ref().map_or(0, cgroup::Cgroup::oom_kills);
     drop(cgroup);
+    let root = scratch.root.clone();
     drop(scratch);
+    if died {
+        return Err(RunError::DaemonDied(root));
+    }
     if oom > 0 {
         eprintln!(
             "strata: the command was killed by the kernel's OOM killer (memory limit {} bytes)",
@@ -504,6 +518,47 @@ fn pid1_setup(spec: &RunSpec, root: &Path, rootless: bool) -> Result<(), RunErro
 fn fail(e: &RunError) -> ! {
     let _ = writeln!(std::io::stderr(), "strata: {e}");
     std::process::exit(125);
+}
+
+/// How long a container whose root's daemon died may take to exit on its own (its processes
+/// get ENOTCONN from every access to the root) before it is killed.
+const DEAD_ROOT_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits for the relay's exit code, watching the union's session: when every serving thread
+/// has ended (the FUSE connection aborted, as the kernel does when a daemon dies, or a thread
+/// panicked), the container has lost its root and is killed after [`DEAD_ROOT_GRACE`]. Returns
+/// the code and whether the daemon died.
+fn wait_serving(relay: Pid, threads: &JoinHandle<std::io::Result<()>>) -> (i32, bool) {
+    let (done, exited) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let watcher = s.spawn(move || {
+            loop {
+                match exited.recv_timeout(Duration::from_millis(50)) {
+                    Err(RecvTimeoutError::Timeout) if threads.is_finished() => break,
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return false,
+                }
+            }
+            if exited.recv_timeout(DEAD_ROOT_GRACE).is_err() {
+                let _ = rustix::process::kill_process(relay, rustix::process::Signal::KILL);
+            }
+            true
+        });
+        let code = wait(relay);
+        let _ = done.send(());
+        (code, watcher.join().unwrap_or(false))
+    })
+}
+
+/// Whether the union is still served: its threads run and a statfs (never answered from the
+/// kernel's caches) does not get ENOTCONN or ECONNABORTED, the errnos of a dead connection.
+fn serving(root: &Path, threads: &JoinHandle<std::io::Result<()>>) -> bool {
+    use rustix::io::Errno;
+    !threads.is_finished()
+        && !matches!(
+            rustix::fs::statfs(root),
+            Err(Errno::NOTCONN | Errno::CONNABORTED)
+        )
 }
 
 fn wait(pid: Pid) -> i32 {

@@ -1271,3 +1271,35 @@ pub fn strata_view(fx: &Fixture, context: &str) -> Tree {
     assert_inos_stable(&s.mnt, &got, context);
     got
 }
+
+// ---- small filesystems ----
+
+/// A tmpfs of `size` at `dir`, unmounted on drop.
+pub struct SmallFs(pub PathBuf);
+
+impl SmallFs {
+    pub fn mount(dir: &Path, size: &str) -> SmallFs {
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "strata-small"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount tmpfs at {}", dir.display());
+        SmallFs(dir.to_owned())
+    }
+
+    pub fn resize(&self, size: &str) {
+        let st = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "remount {}", self.0.display());
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        unmount(&self.0);
+    }
+}

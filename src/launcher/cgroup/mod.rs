@@ -48,6 +48,26 @@ pub fn detect(root: &Path) -> Option<Box<dyn Hierarchy>> {
         .then(|| Box::new(V1::new(root)) as Box<dyn Hierarchy>)
 }
 
+/// Removes the cgroups (`strata-PID`) of runs killed with SIGKILL, which could not remove
+/// their own: the pid is gone and the cgroup empty (rmdir refuses one with processes).
+fn sweep(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let pid = e
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix("strata-"))
+            .and_then(|p| p.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw);
+        let Some(pid) = pid else { continue };
+        if rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH) {
+            let _ = fs::remove_dir(e.path());
+        }
+    }
+}
+
 fn write(path: &Path, value: &str) -> Result<(), RunError> {
     fs::write(path, value).map_err(|cause| RunError::Cgroup {
         path: path.to_owned(),
@@ -78,6 +98,9 @@ impl Cgroup {
             return Ok(None);
         };
         let wanted = hierarchy.prepare(name);
+        for parent in wanted.iter().filter_map(|d| d.parent()) {
+            sweep(parent);
+        }
         let mut cg = Cgroup {
             dirs: Vec::new(),
             hierarchy,
