@@ -155,7 +155,9 @@ pub fn gather(
             rel: Vec::new(),
             src: Src::Opened(Rc::new(f)),
             meta: meta(&st),
-            xattrs: Vec::new(),
+            // A file source keeps its xattrs (a directory source's own are not copied: the
+            // destination directory is made, as docker and buildah do).
+            xattrs: xattrs(fd.as_fd(), OsStr::new("")),
         }],
     })
 }
@@ -371,6 +373,23 @@ mod tests {
         std::fs::remove_file(src.join("l")).unwrap();
         std::os::unix::fs::symlink("elsewhere", src.join("l")).unwrap();
         assert_ne!(sum(d.path()), mode);
+    }
+
+    #[test]
+    fn a_file_source_keeps_its_xattrs_in_the_checksum() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"x").unwrap();
+        let fd = sys::open_root(d.path()).unwrap();
+        let plain = gather(fd.as_fd(), b"f", Resolve::Beneath, None).unwrap();
+        assert!(plain.entries[0].xattrs.is_empty());
+        let flags = rustix::fs::XattrFlags::empty();
+        rustix::fs::setxattr(d.path().join("f"), "user.k", b"v", flags).unwrap();
+        let tagged = gather(fd.as_fd(), b"f", Resolve::Beneath, None).unwrap();
+        assert_eq!(
+            tagged.entries[0].xattrs,
+            vec![(b"user.k".to_vec(), b"v".to_vec())]
+        );
+        assert_ne!(checksum(&[plain]).unwrap(), checksum(&[tagged]).unwrap());
     }
 
     #[test]
