@@ -288,6 +288,19 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
     }
 }
 
+/// The options of `o` the union itself honours.
+pub fn union_options(o: &MountOptions) -> UnionOptions {
+    UnionOptions {
+        whiteout: o.whiteout,
+        no_metacopy: o.no_metacopy,
+        userxattr: o.userxattr,
+        static_nlink: o.static_nlink,
+        no_redirect: o.no_redirect,
+        xattr_permissions: o.xattr_permissions,
+        dir_fds: None,
+    }
+}
+
 /// The filesystem and FUSE configuration for a checked stack.
 fn filesystem(
     req: &MountRequest,
@@ -298,15 +311,7 @@ fn filesystem(
     // size the directory fd cache from that (see union::dircache).
     let (before, now, hard) = sys::raise_nofile();
     let o = &req.options;
-    let opts = UnionOptions {
-        whiteout: o.whiteout,
-        no_metacopy: o.no_metacopy,
-        userxattr: o.userxattr,
-        static_nlink: o.static_nlink,
-        no_redirect: o.no_redirect,
-        xattr_permissions: o.xattr_permissions,
-        dir_fds: None,
-    };
+    let opts = union_options(o);
     let union = Union::with_options(stack, &opts).map_err(|cause| MountError::Path {
         role: "layer stack",
         path: c.lowers[0].clone(),

@@ -1,17 +1,21 @@
 //! Parity with `buildah bud --layers` (Debian's 1.28, vfs storage, chroot isolation): a corpus
 //! of Dockerfiles built by both on the same busybox base; the merged filesystems (type, mode,
-//! owner, size, content, link target; mtimes and directory sizes ignored) and the run config
+//! owner, size, content, link target, xattrs; mtimes and directory sizes ignored) and the run config
 //! (Env, Cmd, Entrypoint, WorkingDir, User, Labels, ExposedPorts, Volumes, StopSignal) must be
-//! the same. Both images are listed by the same script in a `strata run` container. Needs
+//! the same. Both images are listed by the same script in a `strata run` container, their
+//! xattrs (busybox has no getfattr) on the host from their layer directories. Needs
 //! root, /dev/fuse, /bin/busybox and buildah; skips loudly.
 
 mod build_env;
 mod common;
 
-use std::path::Path;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use build_env::Env;
+use strata::image::merged::Merged;
 
 /// A case: name, Dockerfile, context files. `BASE` is the busybox base image.
 type Case = (
@@ -156,6 +160,13 @@ const CORPUS: &[Case] = &[
         &[],
     ),
     ("add-tar", "FROM BASE\nADD t.tar /unpacked/\n", &[]),
+    // User xattrs set below on x, d/f, d/s and d itself: those of copied entries are kept;
+    // the destination directory is made, not copied, so d's own are not (buildah alike).
+    (
+        "copy-xattrs",
+        "FROM BASE\nCOPY x /x\nCOPY d /xd\nCOPY d/f /etc/\n",
+        &[("x", "x"), ("d/f", "f"), ("d/s/g", "g")],
+    ),
     // d/sub/b is made a hard link of d/a below: kept as one in the layer.
     (
         "copy-hard-links",
@@ -253,6 +264,53 @@ fn listing(env: &Env, image: &str) -> String {
     ])
 }
 
+/// Every xattr in an image's merged tree (`path name=value` lines), read on the host from its
+/// layer directories through strata's in-process union (no mount).
+fn xattrs(env: &Env, image: &str) -> Vec<String> {
+    let doc = env.inspect(image);
+    let lowers: Vec<PathBuf> = doc["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|l| PathBuf::from(l["dir"].as_str().unwrap()))
+        .collect();
+    let m = Merged::new(&lowers).unwrap();
+    let mut out = Vec::new();
+    xattrs_below(&m, strata::union::ROOT_ID, "", &mut out);
+    out
+}
+
+fn xattrs_below(m: &Merged, id: u64, path: &str, out: &mut Vec<String>) {
+    for name in m.list(id).unwrap() {
+        let (node, st) = m.union.lookup(id, OsStr::from_bytes(&name)).unwrap();
+        let p = format!("{path}/{}", String::from_utf8_lossy(&name));
+        let list = m.union.listxattr(node.id).unwrap();
+        for k in list.split(|&b| b == 0).filter(|k| !k.is_empty()) {
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = m.union.getxattr(node.id, k, &mut buf).unwrap();
+            let (k, v) = (
+                String::from_utf8_lossy(k),
+                String::from_utf8_lossy(&buf[..n]),
+            );
+            out.push(format!("{p} {k}={v}"));
+        }
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            xattrs_below(m, node.id, &p, out);
+        }
+    }
+}
+
+fn set_xattr(path: &Path, name: &str, value: &str) {
+    rustix::fs::setxattr(
+        path,
+        name,
+        value.as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", path.display()));
+}
+
 /// `ln` in RUN of a file from a lower layer: strata, like docker on overlayfs, commits the
 /// copied-up file and the new name as one hard link (link count 2); buildah with vfs diffs
 /// trees and stores the new name as a separate file (count 1). Only that count is left out.
@@ -321,6 +379,12 @@ fn strata_and_buildah_build_the_same_images() {
         if *name == "add-tar" {
             write_tar(&ctx.join("t.tar"));
         }
+        if *name == "copy-xattrs" {
+            set_xattr(&ctx.join("x"), "user.test", "hello");
+            set_xattr(&ctx.join("d"), "user.dir", "not copied");
+            set_xattr(&ctx.join("d/f"), "user.f", "fv");
+            set_xattr(&ctx.join("d/s"), "user.sub", "sv");
+        }
         if *name == "copy-hard-links" {
             std::fs::create_dir_all(ctx.join("d/sub")).unwrap();
             std::fs::hard_link(ctx.join("d/a"), ctx.join("d/sub/b")).unwrap();
@@ -363,6 +427,21 @@ fn strata_and_buildah_build_the_same_images() {
             diffs.push(format!(
                 "{name}: files differ\n  strata only: {only_a:?}\n  buildah only: {only_b:?}"
             ));
+        }
+        let (xa, xb) = (xattrs(&env, &ours), xattrs(&env, &theirs));
+        if xa != xb {
+            diffs.push(format!(
+                "{name}: xattrs differ\n  strata: {xa:?}\n  buildah: {xb:?}"
+            ));
+        }
+        if *name == "copy-xattrs" {
+            let want = [
+                "/etc/f user.f=fv",
+                "/x user.test=hello",
+                "/xd/f user.f=fv",
+                "/xd/s user.sub=sv",
+            ];
+            assert_eq!(xa, want, "{name}: the copied entries' xattrs");
         }
         let (fa, fb) = (fields(&env.inspect(&ours)), fields(&env.inspect(&theirs)));
         for ((f, va), (_, vb)) in fa.iter().zip(&fb) {

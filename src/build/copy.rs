@@ -14,7 +14,7 @@ use std::rc::Rc;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use sha2::{Digest as _, Sha256};
 
-use crate::sys::{self, Make, SetTime};
+use crate::sys;
 
 use super::ignore::Ignore;
 
@@ -155,7 +155,9 @@ pub fn gather(
             rel: Vec::new(),
             src: Src::Opened(Rc::new(f)),
             meta: meta(&st),
-            xattrs: Vec::new(),
+            // A file source keeps its xattrs (a directory source's own are not copied: the
+            // destination directory is made, as docker and buildah do).
+            xattrs: xattrs(fd.as_fd(), OsStr::new("")),
         }],
     })
 }
@@ -165,7 +167,7 @@ pub fn clean(p: &[u8]) -> Vec<u8> {
     crate::image::unpack::clean(p).join(&b'/')
 }
 
-fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
+pub(super) fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
     match (a.is_empty(), b.is_empty()) {
         (true, _) => b.to_vec(),
         (_, true) => a.to_vec(),
@@ -242,7 +244,7 @@ impl Walk<'_, '_> {
     }
 }
 
-fn reader(src: &Src) -> io::Result<Option<Box<dyn Read + '_>>> {
+pub(super) fn reader(src: &Src) -> io::Result<Option<Box<dyn Read + '_>>> {
     Ok(match src {
         Src::File { dir, name } => Some(Box::new(sys::open_file_at(
             dir.as_fd(),
@@ -308,277 +310,6 @@ pub fn checksum(sources: &[Source]) -> io::Result<Vec<u8>> {
     Ok(h.finalize().to_vec())
 }
 
-/// What to write at a path.
-pub enum What<'a> {
-    Dir,
-    File(&'a mut dyn Read),
-    Link(&'a [u8]),
-}
-
-/// Writes into a root (the stage's union), every path resolved inside it.
-pub struct Writer<'a> {
-    root: BorrowedFd<'a>,
-    /// The last parent directory resolved (entries come grouped by directory).
-    parent: Option<(Vec<u8>, OwnedFd)>,
-    /// Owner for everything written (`--chown`), else the source's own.
-    pub chown: Option<(u32, u32)>,
-    /// Mode for everything written (`--chmod`).
-    pub chmod: Option<u32>,
-    pub clamp: Option<i64>,
-    pub xattrs: HashMap<Vec<u8>, Xattrs>,
-    /// Who new files belong to unless changed, and the mode bits the umask takes away.
-    me: (u32, u32),
-    umask: u32,
-    /// During one source's copy: directories it created, so their entries (unique names)
-    /// need no lookup for what is there already: one FUSE round trip less per file.
-    fresh: Option<std::collections::HashSet<Vec<u8>>>,
-}
-
-/// The process's umask, read without changing it (other threads create files meanwhile).
-fn current_umask() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Umask:"))
-                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        })
-        // Unknown: assume every bit may be masked, so modes are always set explicitly.
-        .unwrap_or(0o777)
-}
-
-fn split_last(path: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let comps = crate::image::unpack::clean(path);
-    match comps.split_last() {
-        Some((last, rest)) => (rest.join(&b'/'), last.to_vec()),
-        None => (Vec::new(), Vec::new()),
-    }
-}
-
-impl<'a> Writer<'a> {
-    pub fn new(root: BorrowedFd<'a>) -> Self {
-        Writer {
-            root,
-            parent: None,
-            chown: None,
-            chmod: None,
-            clamp: None,
-            xattrs: HashMap::new(),
-            me: (
-                rustix::process::geteuid().as_raw(),
-                rustix::process::getegid().as_raw(),
-            ),
-            umask: current_umask(),
-            fresh: None,
-        }
-    }
-
-    fn parent(&mut self, path: &[u8]) -> io::Result<BorrowedFd<'_>> {
-        if self.parent.as_ref().is_none_or(|(p, _)| p != path) {
-            let fd = sys::create_in_root(self.root, path, Make::Dir)?;
-            self.parent = Some((path.to_vec(), fd));
-        }
-        match &self.parent {
-            Some((_, fd)) => Ok(fd.as_fd()),
-            None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
-        }
-    }
-
-    /// Whether `path` (inside the root, links followed inside it) is a directory.
-    pub fn is_dir(&self, path: &[u8]) -> bool {
-        sys::open_in_root(self.root, path)
-            .and_then(|fd| sys::stat_fd(fd.as_fd()))
-            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
-    }
-
-    /// Writes one entry at `path`; what is there already (not a directory) is replaced.
-    pub fn put(&mut self, path: &[u8], what: What<'_>, m: &Meta) -> io::Result<()> {
-        let (parent, name) = split_last(path);
-        let (chown, chmod, clamp) = (self.chown, self.chmod, self.clamp);
-        let (uid, gid) = chown.unwrap_or((m.uid, m.gid));
-        let mode = chmod.unwrap_or(m.mode);
-        let mtime = clamp.map_or(m.mtime, |c| m.mtime.min(c));
-        if name.is_empty() {
-            return Ok(());
-        }
-        let xs = self.xattrs.remove(path);
-        let (me, umask) = (self.me, self.umask);
-        let new_dir = matches!(what, What::Dir).then(|| join(&parent, &name));
-        let known_empty = self.fresh.as_ref().is_some_and(|f| f.contains(&parent));
-        let dir = self.parent(&parent)?;
-        let n = OsStr::from_bytes(&name);
-        let existing = match known_empty {
-            true => None,
-            false => sys::stat_at(dir, n).ok().map(|s| s.st_mode & libc::S_IFMT),
-        };
-        match (&what, existing) {
-            (What::Dir, Some(libc::S_IFDIR)) => {
-                // An existing directory keeps its metadata unless the flags say otherwise.
-                if chown.is_some() {
-                    sys::chown_at(dir, n, Some(uid), Some(gid))?;
-                }
-                if chmod.is_some() {
-                    sys::chmod_at(dir, n, mode)?;
-                }
-                return Ok(());
-            }
-            (_, Some(libc::S_IFDIR)) => crate::image::fsutil::remove_tree(dir, n)?,
-            (_, Some(_)) => sys::unlink_at(dir, n, false)?,
-            _ => {}
-        }
-        match what {
-            // Each call is a round trip through the union: created with the final mode and
-            // owner where the kernel gives them, fixed up only where it does not.
-            What::Dir => {
-                sys::mkdir_at(dir, n, mode & 0o777)?;
-                if (uid, gid) != me {
-                    sys::chown_at(dir, n, Some(uid), Some(gid))?;
-                }
-                if mode & 0o7000 != 0 || mode & umask != 0 {
-                    sys::chmod_at(dir, n, mode)?;
-                }
-            }
-            What::File(r) => {
-                let mut f = sys::create_file_at(dir, n, mode & 0o777, libc::O_WRONLY)?;
-                io::copy(r, &mut f)?;
-                if (uid, gid) != me {
-                    sys::chown_fd(f.as_fd(), Some(uid), Some(gid))?;
-                }
-                // chown clears set-id bits: set the mode after it.
-                if mode & 0o7000 != 0 || mode & umask != 0 {
-                    sys::chmod_fd(f.as_fd(), mode)?;
-                }
-            }
-            What::Link(t) => {
-                sys::symlink_at(OsStr::from_bytes(t), dir, n)?;
-                if (uid, gid) != me {
-                    sys::chown_at(dir, n, Some(uid), Some(gid))?;
-                }
-            }
-        }
-        if let Some(xs) = xs {
-            for (k, v) in &xs {
-                let _ = sys::set_xattr(dir, n, k, v, 0);
-            }
-        }
-        sys::utimens_at(dir, n, SetTime::Omit, SetTime::At(mtime, 0))?;
-        if let (Some(f), Some(d)) = (self.fresh.as_mut(), new_dir) {
-            f.insert(d);
-        }
-        Ok(())
-    }
-
-    /// A hard link at `path` to `existing` (written before it by this copy).
-    fn link(&mut self, existing: &[u8], path: &[u8]) -> io::Result<()> {
-        let (from_parent, from) = split_last(existing);
-        let (parent, name) = split_last(path);
-        let from_dir = sys::open_in_root(self.root, &from_parent)?;
-        let dir = self.parent(&parent)?;
-        let n = OsStr::from_bytes(&name);
-        match sys::stat_at(dir, n).ok().map(|s| s.st_mode & libc::S_IFMT) {
-            Some(libc::S_IFDIR) => crate::image::fsutil::remove_tree(dir, n)?,
-            Some(_) => sys::unlink_at(dir, n, false)?,
-            None => {}
-        }
-        sys::link_at(from_dir.as_fd(), OsStr::from_bytes(&from), dir, n)
-    }
-
-    /// Copies a source to `dest` (a directory when `into_dir`); a directory's contents go
-    /// into `dest`.
-    pub fn copy(&mut self, s: &Source, dest: &[u8], into_dir: bool) -> io::Result<()> {
-        self.fresh = Some(Default::default());
-        let r = self.copy_source(s, dest, into_dir);
-        self.fresh = None;
-        r
-    }
-
-    fn copy_source(&mut self, s: &Source, dest: &[u8], into_dir: bool) -> io::Result<()> {
-        let base = if s.is_dir || !into_dir {
-            dest.to_vec()
-        } else {
-            join(dest, &s.name)
-        };
-        if s.is_dir {
-            // The destination directory itself: created if missing, as 0755 root.
-            let m = Meta {
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                mtime: s.entries.first().map_or(0, |e| e.meta.mtime),
-            };
-            let (own, mode) = (self.chown, self.chmod);
-            self.chown = own.or(Some((0, 0)));
-            let r = self.put(&base, What::Dir, &m);
-            self.chown = own;
-            self.chmod = mode;
-            r?;
-        }
-        for e in &s.entries {
-            if s.is_dir && e.rel.is_empty() {
-                continue;
-            }
-            let target = join(&base, &e.rel);
-            if !e.xattrs.is_empty() {
-                self.xattrs.insert(target.clone(), e.xattrs.clone());
-            }
-            match &e.src {
-                Src::Dir => self.put(&target, What::Dir, &e.meta)?,
-                Src::Link(t) => self.put(&target, What::Link(t), &e.meta)?,
-                Src::Hardlink(first) => self.link(&join(&base, first), &target)?,
-                src => {
-                    let mut r =
-                        reader(src)?.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-                    self.put(&target, What::File(&mut r), &e.meta)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// ADD of a local archive: its entries extracted below `dest`, owners kept (unless
-    /// --chown), paths cleaned so nothing lands outside `dest`. Hard links become copies.
-    pub fn extract(&mut self, data: Box<dyn Read + '_>, dest: &[u8]) -> io::Result<()> {
-        let mut ar = tar::Archive::new(data);
-        let mut seen: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-        for entry in ar.entries()? {
-            let mut entry = entry?;
-            let h = entry.header().clone();
-            let path = clean(&entry.path_bytes());
-            let target = join(dest, &path);
-            let m = Meta {
-                mode: h.mode()? & 0o7777,
-                uid: h.uid()? as u32,
-                gid: h.gid()? as u32,
-                mtime: h.mtime()? as i64,
-            };
-            match h.entry_type() {
-                tar::EntryType::Directory => self.put(&target, What::Dir, &m)?,
-                tar::EntryType::Symlink => {
-                    let t = entry
-                        .link_name_bytes()
-                        .map(|c| c.to_vec())
-                        .unwrap_or_default();
-                    self.put(&target, What::Link(&t), &m)?;
-                }
-                tar::EntryType::Link => {
-                    let from = clean(&entry.link_name_bytes().unwrap_or_default());
-                    if let Some(data) = seen.get(&from).cloned() {
-                        self.put(&target, What::File(&mut data.as_slice()), &m)?;
-                    }
-                }
-                t if t.is_file() => {
-                    let mut data = Vec::new();
-                    entry.read_to_end(&mut data)?;
-                    self.put(&target, What::File(&mut data.as_slice()), &m)?;
-                    seen.insert(path, data);
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-}
-
 /// The archive's decompressed stream when `f` is a tar (plain, gzip, bzip2, xz or zstd),
 /// else None (ADD copies it as a file).
 pub fn archive(f: &File) -> io::Result<Option<Box<dyn Read>>> {
@@ -642,6 +373,23 @@ mod tests {
         std::fs::remove_file(src.join("l")).unwrap();
         std::os::unix::fs::symlink("elsewhere", src.join("l")).unwrap();
         assert_ne!(sum(d.path()), mode);
+    }
+
+    #[test]
+    fn a_file_source_keeps_its_xattrs_in_the_checksum() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"x").unwrap();
+        let fd = sys::open_root(d.path()).unwrap();
+        let plain = gather(fd.as_fd(), b"f", Resolve::Beneath, None).unwrap();
+        assert!(plain.entries[0].xattrs.is_empty());
+        let flags = rustix::fs::XattrFlags::empty();
+        rustix::fs::setxattr(d.path().join("f"), "user.k", b"v", flags).unwrap();
+        let tagged = gather(fd.as_fd(), b"f", Resolve::Beneath, None).unwrap();
+        assert_eq!(
+            tagged.entries[0].xattrs,
+            vec![(b"user.k".to_vec(), b"v".to_vec())]
+        );
+        assert_ne!(checksum(&[plain]).unwrap(), checksum(&[tagged]).unwrap());
     }
 
     #[test]

@@ -10,10 +10,12 @@ pub mod dockerfile;
 pub mod expand;
 mod fetch;
 pub mod ignore;
+mod layerfs;
 pub mod plan;
 mod stage;
 mod steps;
 mod workspace;
+mod write;
 
 use std::collections::BTreeMap;
 use std::io;

@@ -16,11 +16,13 @@ use crate::image::{Digest, Store};
 
 use super::cache::{self, Entry, LayerRef};
 use super::config::{env_get, env_list, insert_map, run_config, set_env};
-use super::copy::{self, Resolve, Source, Writer};
+use super::copy::{self, Resolve, Source};
 use super::dockerfile::{Command, Dockerfile, Instruction, Kind};
 use super::ignore::Ignore;
+use super::layerfs::LayerFs;
 use super::plan::{Base, Plan};
 use super::workspace::{self, Container, Workspace};
+use super::write::{Writer, current_umask};
 use super::{BuildError, BuildOptions, Built, Result, at, expand, io_err};
 
 /// A stage's image as it grows.
@@ -669,29 +671,25 @@ impl<'a> Builder<'a> {
                 Ok(write_layer(self.store, &upper, &lowers, &diff_ids, clamp)?)
             }
             Action::Mkdir(path) => {
-                let mut ws = Workspace::mount(self.store, &lowers, true)?;
-                if let Some(root) = ws.root() {
-                    crate::sys::create_in_root(root, &path, crate::sys::Make::Dir)
-                        .map_err(io_err("creating", std::ffi::OsStr::from_bytes(&path)))?;
-                }
-                ws.unmount();
-                Ok(write_layer(
-                    self.store, &ws.upper, &lowers, &diff_ids, clamp,
-                )?)
+                let fs = LayerFs::open(self.store, &lowers, current_umask())?;
+                fs.make_dirs(&path)
+                    .map_err(io_err("creating", std::ffi::OsStr::from_bytes(&path)))?;
+                let upper = fs.upper.clone();
+                let layer = write_layer(self.store, &upper, &lowers, &diff_ids, clamp);
+                drop(fs);
+                Ok(layer?)
             }
             Action::Copy(job) => {
-                let mut ws = Workspace::mount(self.store, &lowers, true)?;
-                if let Some(root) = ws.root() {
-                    let mut w = Writer::new(root);
-                    w.chown = job.chown;
-                    w.chmod = job.chmod;
-                    w.clamp = clamp;
-                    super::steps::copy_into(&mut w, &job, ins.line)?;
-                }
-                ws.unmount();
-                Ok(write_layer(
-                    self.store, &ws.upper, &lowers, &diff_ids, clamp,
-                )?)
+                let umask = current_umask();
+                let fs = LayerFs::open(self.store, &lowers, umask)?;
+                let mut w = Writer::new(&fs, umask);
+                w.chown = job.chown;
+                w.chmod = job.chmod;
+                w.clamp = clamp;
+                super::steps::copy_into(&mut w, &job, ins.line)?;
+                let layer = write_layer(self.store, &fs.upper, &lowers, &diff_ids, clamp);
+                drop(fs);
+                Ok(layer?)
             }
         }
     }

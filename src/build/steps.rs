@@ -8,11 +8,12 @@ use std::os::unix::ffi::OsStrExt;
 
 use serde_json::{Value, json};
 
-use super::copy::{self, Entry, Meta, Resolve, Source, Src, Writer};
+use super::copy::{self, Entry, Meta, Resolve, Source, Src};
 use super::dockerfile::{Command, Copy, Health, Heredoc, Instruction};
 use super::ignore::Ignore;
 use super::stage::{Builder, CopyJob, StageImage};
 use super::workspace::Workspace;
+use super::write::Writer;
 use super::{Result, at};
 
 /// RUN's argv. A heredoc alone is the script; a command with heredocs gets them back as
@@ -413,7 +414,7 @@ impl Builder<'_> {
                 .map_err(|_| at(line, format!("{kw} --from={r}: no such stage or image")))?,
         };
         let lowers = self.lowers(&img)?;
-        let ws = Workspace::mount(self.store, &lowers, false)?;
+        let ws = Workspace::mount(self.store, &lowers)?;
         let mut out = Vec::new();
         if let Some(root) = ws.root() {
             for s in srcs {

@@ -1,7 +1,7 @@
-//! Where steps write: a union of the stage's layers with a fresh upper, mounted in the
-//! builder's private mount namespace (COPY, ADD, WORKDIR write through it, so paths resolve
-//! in the image as they will in a container), a read-only union for `COPY --from`, and RUN as
-//! a `strata run` container over the same layers with its own upper. The upper is the layer.
+//! Where steps run: RUN as a `strata run` container over the stage's layers with its own
+//! upper (the upper is the layer), and a read-only union of an earlier stage's layers,
+//! mounted in the builder's private mount namespace, for `COPY --from` to read. COPY, ADD and
+//! WORKDIR need no mount: they write through `layerfs`.
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
@@ -17,12 +17,10 @@ use crate::sys;
 
 use super::{Network, Result, io_err};
 
-/// A mounted union; unmounted (and its staging removed) when dropped.
+/// A mounted read-only union; unmounted (and its staging removed) when dropped.
 pub struct Workspace {
     root: Option<OwnedFd>,
     session: Option<fuser::BackgroundSession>,
-    /// The upper directory (the new layer), when writable.
-    pub upper: PathBuf,
     _staging: Staging,
 }
 
@@ -50,7 +48,7 @@ pub fn isolate() -> Result<()> {
 }
 
 /// `lowers` top first, or an empty layer when there are none (FROM scratch).
-fn lowers_or_empty(staging: &Staging, lowers: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub fn lowers_or_empty(staging: &Staging, lowers: &[PathBuf]) -> Result<Vec<PathBuf>> {
     if !lowers.is_empty() {
         return Ok(lowers.to_vec());
     }
@@ -60,18 +58,12 @@ fn lowers_or_empty(staging: &Staging, lowers: &[PathBuf]) -> Result<Vec<PathBuf>
 }
 
 impl Workspace {
-    pub fn mount(store: &Store, lowers: &[PathBuf], writable: bool) -> Result<Workspace> {
+    pub fn mount(store: &Store, lowers: &[PathBuf]) -> Result<Workspace> {
         let staging = store.staging()?;
         let mnt = staging.path.join("mnt");
-        let upper = staging.path.join("diff");
-        let work = staging.path.join("work");
-        for d in [&mnt, &upper, &work] {
-            std::fs::create_dir(d).map_err(io_err("creating", d))?;
-        }
+        std::fs::create_dir(&mnt).map_err(io_err("creating", &mnt))?;
         let mut options = MountOptions {
             lowers: lowers_or_empty(&staging, lowers)?,
-            upper: writable.then(|| upper.clone()),
-            work: writable.then(|| work.clone()),
             suid: true,
             dev: true,
             ..MountOptions::default()
@@ -90,7 +82,6 @@ impl Workspace {
         Ok(Workspace {
             root: Some(root),
             session: Some(session),
-            upper,
             _staging: staging,
         })
     }
@@ -101,7 +92,6 @@ impl Workspace {
         self.root.as_ref().map(|r| r.as_fd())
     }
 
-    /// Unmounts (the upper stays, to be committed).
     pub fn unmount(&mut self) {
         self.root = None;
         self.session = None;

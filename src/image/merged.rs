@@ -88,18 +88,7 @@ impl Merged {
 
     /// Names in a merged directory, sorted.
     pub fn list(&self, id: u64) -> io::Result<Vec<Vec<u8>>> {
-        let fh = self.union.opendir(id)?;
-        let mut names = Vec::new();
-        let res = self.union.readdir(id, fh, 0, |_, _, _, name| {
-            if name != b"." && name != b".." {
-                names.push(name.to_vec());
-            }
-            false
-        });
-        let _ = self.union.releasedir(id, fh);
-        res?;
-        names.sort();
-        Ok(names)
+        list(&self.union, id)
     }
 
     /// The content of a regular file at `path`, or None where there is none.
@@ -111,4 +100,20 @@ impl Merged {
             _ => Ok(None),
         }
     }
+}
+
+/// Names in directory `id` of a union, sorted.
+pub fn list(union: &Union, id: u64) -> io::Result<Vec<Vec<u8>>> {
+    let fh = union.opendir(id)?;
+    let mut names = Vec::new();
+    let res = union.readdir(id, fh, 0, |_, _, _, name| {
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+        false
+    });
+    let _ = union.releasedir(id, fh);
+    res?;
+    names.sort();
+    Ok(names)
 }
