@@ -74,3 +74,49 @@ pub fn remove_path(path: &std::path::Path) -> io::Result<()> {
     let dir = sys::open_root(parent)?;
     remove_tree(dir.as_fd(), name)
 }
+
+/// Bytes between two writeback kicks of a blob being written.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// A blob file being written. Every few MB it starts the disk writes of what came so far, so
+/// the fsync before the store renames it waits for the last few MB, not for the whole blob
+/// (and the disk works while the layer is still being decompressed and unpacked).
+pub struct BlobFile {
+    file: std::fs::File,
+    /// File offsets: up to where it is written, and up to where writeback was started.
+    written: u64,
+    kicked: u64,
+}
+
+impl BlobFile {
+    /// `file` positioned at `offset` (what is before it is there already).
+    pub fn at(file: std::fs::File, offset: u64) -> Self {
+        BlobFile {
+            file,
+            written: offset,
+            kicked: offset,
+        }
+    }
+
+    /// Durable: the fsync the store's rename relies on.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
+impl io::Write for BlobFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.kicked >= WRITEBACK_STEP {
+            // Only a head start for the fsync: a filesystem without it loses nothing.
+            let _ = sys::start_writeback(&self.file, self.kicked, self.written - self.kicked);
+            self.kicked = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}

@@ -5,15 +5,17 @@
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
 
 use super::digest::{Digest, HashReader, TeeReader};
 use super::error::{ImageError, Result, io_err};
+use super::fsutil::BlobFile;
 use super::limits::{self, Limited};
 use super::oci::Compression;
+use super::pipe;
 use super::unpack::{UnpackOptions, UnpackStats, unpack};
 use crate::sys;
 
@@ -58,9 +60,10 @@ pub fn stage(
     let blob_path = dir.join(format!("blob-{n}"));
     let layer_path = dir.join(format!("layer-{n}"));
     let out = match job.keep_blob {
-        true => Some(BufWriter::new(
+        true => Some(BufWriter::new(BlobFile::at(
             File::create(&blob_path).map_err(io_err("creating", &blob_path))?,
-        )),
+            0,
+        ))),
         false => None,
     };
     let tar_err = |source| ImageError::Tar {
@@ -86,10 +89,9 @@ pub fn stage(
             let root = layer_path.join("root");
             fs::create_dir_all(&root).map_err(io_err("creating", &root))?;
             let fd = sys::open_root(&root).map_err(io_err("opening", &root))?;
-            let (s, rest) = unpack(&mut tar, fd.as_fd(), job.opts, &job.label)?;
-            stats = s;
-            let _ = rest;
+            stats = unpack_beside(&mut tar, fd, job)?;
         }
+        // What follows the tar's end (padding) is hashed too.
         let (d, _, _) = tar.finish().map_err(tar_err)?;
         (d, compression, stats)
     };
@@ -99,7 +101,7 @@ pub fn stage(
         let f = w
             .into_inner()
             .map_err(|e| io_err("writing", &blob_path)(e.into_error()))?;
-        f.sync_all().map_err(io_err("syncing", &blob_path))?;
+        f.sync().map_err(io_err("syncing", &blob_path))?;
     }
     if let Some((want, want_size)) = job.expected {
         if digest != *want {
@@ -130,5 +132,28 @@ pub fn stage(
         blob: job.keep_blob.then_some(blob_path),
         layer: job.unpack.then_some(layer_path),
         stats,
+    })
+}
+
+/// Unpacks the tar read from `tar` on a thread of its own, fed through a pipe, while this
+/// thread reads, decompresses and hashes: the two halves of a layer's pass use two cores.
+/// Returns when the unpacker is done; the caller reads (and hashes) what is left.
+fn unpack_beside(tar: &mut impl Read, root: OwnedFd, job: &LayerJob<'_>) -> Result<UnpackStats> {
+    let (mut w, r) = pipe::pipe();
+    let (label, opts) = (job.label.as_str(), job.opts);
+    std::thread::scope(|s| {
+        let unpacker = s.spawn(move || unpack(r, root.as_fd(), opts, label).map(|(st, _)| st));
+        let fed = w.feed(tar);
+        drop(w);
+        let unpacked = unpacker
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        // A read error (network, decompression, size limit) is the cause of whatever the
+        // unpacker saw when its input stopped short.
+        fed.map_err(|source| ImageError::Tar {
+            layer: label.to_owned(),
+            source,
+        })?;
+        unpacked
     })
 }

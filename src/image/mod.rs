@@ -14,6 +14,7 @@ pub mod layer;
 pub mod limits;
 pub mod merged;
 pub mod oci;
+mod pipe;
 pub mod progress;
 pub mod run;
 pub mod source;

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rustix::fs::FlockOperation;
 
 use super::error::{Result, io_err};
+use crate::image::fsutil::BlobFile;
 use crate::image::{Digest, Store};
 
 pub struct Partial {
@@ -68,12 +69,13 @@ impl Partial {
             .seek(SeekFrom::Start(self.len))
             .map_err(io_err("seeking", &self.path))?;
         let failed = Arc::new(AtomicBool::new(false));
+        let out = self
+            .file
+            .try_clone()
+            .map_err(io_err("opening", &self.path))?;
         let tee = Tee {
             net,
-            out: self
-                .file
-                .try_clone()
-                .map_err(io_err("opening", &self.path))?,
+            out: BlobFile::at(out, self.len),
             failed: failed.clone(),
         };
         Ok((kept.chain(tee), failed))
@@ -95,7 +97,7 @@ impl Partial {
 
 struct Tee<R> {
     net: R,
-    out: File,
+    out: BlobFile,
     failed: Arc<AtomicBool>,
 }
 
