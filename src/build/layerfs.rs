@@ -181,8 +181,8 @@ impl LayerFs {
         Ok((node.id, fh, file))
     }
 
-    pub fn release(&self, fh: u64) {
-        self.union.release(fh);
+    pub fn release(&self, id: u64, fh: u64) -> io::Result<()> {
+        self.union.release(id, fh)
     }
 
     pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr) -> io::Result<u64> {

@@ -169,8 +169,9 @@ impl<'a> Writer<'a> {
                     }
                     Ok(())
                 });
-                fs.release(fh);
+                let released = fs.release(id, fh);
                 done?;
+                released?;
                 id
             }
             What::Link(t) => fs.symlink(dir, n, OsStr::from_bytes(t))?,

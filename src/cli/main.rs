@@ -217,6 +217,9 @@ mod tests {
             "importing /x: writing file \"big\": No space left on device (os error 28)"
         );
         let plain = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EIO)).context("a");
-        assert_eq!(super::one_line(&plain), "a: Input/output error (os error 5)");
+        assert_eq!(
+            super::one_line(&plain),
+            "a: Input/output error (os error 5)"
+        );
     }
 }
