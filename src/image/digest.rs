@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
@@ -144,22 +145,75 @@ impl<W: Write> Write for HashWriter<W> {
 /// Copies every byte read into a writer as well (the staged copy of a blob).
 pub struct TeeReader<R, W> {
     pub inner: R,
-    pub out: Option<W>,
+    /// The copy, and its path for the message when writing it fails.
+    pub out: Option<(W, PathBuf)>,
 }
 
 impl<R: Read, W: Write> Read for TeeReader<R, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if let Some(w) = &mut self.out {
-            w.write_all(&buf[..n])?;
+        if let Some((w, path)) = &mut self.out {
+            write_copy(w, &buf[..n], path)?;
         }
         Ok(n)
+    }
+}
+
+/// Writes a tee's copy. Its failure reaches the caller as a read error, marked so that the
+/// message names the copy (a full disk), not the input: see `copy_write_error`.
+pub fn write_copy(w: &mut impl Write, buf: &[u8], path: &Path) -> io::Result<()> {
+    w.write_all(buf).map_err(|source| {
+        let kind = source.kind();
+        let path = path.to_owned();
+        io::Error::new(kind, CopyWriteError { path, source })
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("writing {}: {source}", path.display())]
+pub struct CopyWriteError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+/// The copy's failed write if that is what `e` is, else `e` back.
+pub fn copy_write_error(e: io::Error) -> std::result::Result<CopyWriteError, io::Error> {
+    if !e.get_ref().is_some_and(|i| i.is::<CopyWriteError>()) {
+        return Err(e);
+    }
+    match e.into_inner().map(|i| i.downcast::<CopyWriteError>()) {
+        Some(Ok(c)) => Ok(*c),
+        _ => Err(io::Error::other("writing a copy failed")),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_tee_write_is_told_apart_from_a_read_error() {
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::from_raw_os_error(libc::ENOSPC))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut t = TeeReader {
+            inner: &b"data"[..],
+            out: Some((Full, PathBuf::from("/store/blob"))),
+        };
+        let e = t.read(&mut [0u8; 8]).unwrap_err();
+        let copy = copy_write_error(e).expect("a copy write error");
+        assert_eq!(copy.source.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(copy.path, Path::new("/store/blob"));
+        let read = io::Error::from_raw_os_error(libc::EIO);
+        let back = copy_write_error(read).err().map(|e| e.raw_os_error());
+        assert_eq!(back, Some(Some(libc::EIO)));
+    }
 
     #[test]
     fn chain_id_of_two_layers() {

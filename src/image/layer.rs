@@ -4,13 +4,13 @@
 //! moves what was staged into place once every check passed.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
 
-use super::digest::{Digest, HashReader, TeeReader};
+use super::digest::{Digest, HashReader, TeeReader, copy_write_error};
 use super::error::{ImageError, Result, io_err};
 use super::fsutil::BlobFile;
 use super::limits::{self, Limited};
@@ -60,15 +60,22 @@ pub fn stage(
     let blob_path = dir.join(format!("blob-{n}"));
     let layer_path = dir.join(format!("layer-{n}"));
     let out = match job.keep_blob {
-        true => Some(BufWriter::new(BlobFile::at(
-            File::create(&blob_path).map_err(io_err("creating", &blob_path))?,
-            0,
-        ))),
+        true => Some((
+            BufWriter::new(BlobFile::at(
+                File::create(&blob_path).map_err(io_err("creating", &blob_path))?,
+                0,
+            )),
+            blob_path.clone(),
+        )),
         false => None,
     };
-    let tar_err = |source| ImageError::Tar {
-        layer: job.label.clone(),
-        source,
+    // A failed write of the kept blob (a full store) surfaces through the reads.
+    let tar_err = |source| match copy_write_error(source) {
+        Ok(c) => io_err("writing", c.path)(c.source),
+        Err(source) => ImageError::Tar {
+            layer: job.label.clone(),
+            source,
+        },
     };
     let mut compressed = HashReader::new(TeeReader {
         inner: Limited::new(pb.wrap_read(reader), "the layer blob"),
@@ -89,14 +96,14 @@ pub fn stage(
             let root = layer_path.join("root");
             fs::create_dir_all(&root).map_err(io_err("creating", &root))?;
             let fd = sys::open_root(&root).map_err(io_err("opening", &root))?;
-            stats = unpack_beside(&mut tar, fd, job)?;
+            stats = unpack_beside(&mut tar, fd, job, tar_err)?;
         }
         // What follows the tar's end (padding) is hashed too.
         let (d, _, _) = tar.finish().map_err(tar_err)?;
         (d, compression, stats)
     };
     let (digest, size, tee) = compressed.finish().map_err(tar_err)?;
-    if let Some(mut w) = tee.out {
+    if let Some((mut w, _)) = tee.out {
         w.flush().map_err(io_err("writing", &blob_path))?;
         let f = w
             .into_inner()
@@ -138,7 +145,12 @@ pub fn stage(
 /// Unpacks the tar read from `tar` on a thread of its own, fed through a pipe, while this
 /// thread reads, decompresses and hashes: the two halves of a layer's pass use two cores.
 /// Returns when the unpacker is done; the caller reads (and hashes) what is left.
-fn unpack_beside(tar: &mut impl Read, root: OwnedFd, job: &LayerJob<'_>) -> Result<UnpackStats> {
+fn unpack_beside(
+    tar: &mut impl Read,
+    root: OwnedFd,
+    job: &LayerJob<'_>,
+    read_err: impl FnOnce(io::Error) -> ImageError,
+) -> Result<UnpackStats> {
     let (mut w, r) = pipe::pipe();
     let (label, opts) = (job.label.as_str(), job.opts);
     std::thread::scope(|s| {
@@ -150,10 +162,7 @@ fn unpack_beside(tar: &mut impl Read, root: OwnedFd, job: &LayerJob<'_>) -> Resu
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
         // A read error (network, decompression, size limit) is the cause of whatever the
         // unpacker saw when its input stopped short.
-        fed.map_err(|source| ImageError::Tar {
-            layer: label.to_owned(),
-            source,
-        })?;
+        fed.map_err(read_err)?;
         unpacked
     })
 }

@@ -6,7 +6,7 @@
 //! On success it is the staged blob that the store renames into place.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rustix::fs::FlockOperation;
 
 use super::error::{Result, io_err};
+use crate::image::digest::write_copy;
 use crate::image::fsutil::BlobFile;
 use crate::image::{Digest, Store};
 
@@ -76,6 +77,7 @@ impl Partial {
         let tee = Tee {
             net,
             out: BlobFile::at(out, self.len),
+            path: self.path.clone(),
             failed: failed.clone(),
         };
         Ok((kept.chain(tee), failed))
@@ -98,6 +100,7 @@ impl Partial {
 struct Tee<R> {
     net: R,
     out: BlobFile,
+    path: PathBuf,
     failed: Arc<AtomicBool>,
 }
 
@@ -106,7 +109,7 @@ impl<R: Read> Read for Tee<R> {
         let n = self.net.read(buf).inspect_err(|_| {
             self.failed.store(true, Ordering::Relaxed);
         })?;
-        self.out.write_all(&buf[..n])?;
+        write_copy(&mut self.out, &buf[..n], &self.path)?;
         Ok(n)
     }
 }
