@@ -15,7 +15,7 @@ use crate::image::oci;
 use crate::image::{Digest, Store};
 
 use super::cache::{self, Entry, LayerRef};
-use super::config::{env_get, env_list, insert_map, run_config, set_env};
+use super::config::{env_get, env_list, run_config, set_env};
 use super::copy::{self, Resolve, Source};
 use super::dockerfile::{Command, Dockerfile, Instruction, Kind};
 use super::ignore::Ignore;
@@ -24,6 +24,8 @@ use super::plan::{Base, Plan};
 use super::workspace::{self, Container, Workspace};
 use super::write::{Writer, current_umask};
 use super::{BuildError, BuildOptions, Built, Result, at, expand, io_err};
+
+mod config_steps;
 
 /// A stage's image as it grows.
 #[derive(Clone)]
@@ -355,119 +357,9 @@ impl<'a> Builder<'a> {
 
     fn instruction(&self, st: &mut St, ins: &Instruction) -> Result<()> {
         let line = ins.line;
-        fn cfg(st: &mut St) -> &mut serde_json::Map<String, Value> {
-            run_config(&mut st.img.config)
-        }
         match &ins.kind {
-            Kind::Env(pairs) => {
-                let mut out = Vec::new();
-                for (k, v) in pairs {
-                    out.push((
-                        self.expand_word(st, line, k)?,
-                        self.expand_word(st, line, v)?,
-                    ));
-                }
-                for (k, v) in &out {
-                    set_env(&mut st.img.config, k, v);
-                }
-                let text = out
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                self.config_step(st, ins, format!("ENV {text}"))
-            }
-            Kind::Label(pairs) => {
-                let mut text = Vec::new();
-                for (k, v) in pairs {
-                    let (k, v) = (
-                        self.expand_word(st, line, k)?,
-                        self.expand_word(st, line, v)?,
-                    );
-                    text.push(format!("{k}={v}"));
-                    insert_map(&mut st.img.config, "Labels", &k, json!(v));
-                }
-                self.config_step(st, ins, format!("LABEL {}", text.join(" ")))
-            }
-            Kind::Maintainer(m) => {
-                st.img.config["author"] = json!(m);
-                insert_map(&mut st.img.config, "Labels", "maintainer", json!(m));
-                self.config_step(st, ins, ins.text.clone())
-            }
             Kind::Arg(args) => self.arg(st, ins, args),
             Kind::Workdir(w) => self.workdir(st, ins, w),
-            Kind::User(u) => {
-                let u = self.expand_word(st, line, u)?;
-                cfg(st).insert("User".into(), json!(u));
-                self.config_step(st, ins, format!("USER {u}"))
-            }
-            Kind::Expose(ports) => {
-                let mut all = Vec::new();
-                for p in ports {
-                    for p in self.expand_words(st, line, p)? {
-                        let p = if p.contains('/') {
-                            p
-                        } else {
-                            format!("{p}/tcp")
-                        };
-                        insert_map(&mut st.img.config, "ExposedPorts", &p, json!({}));
-                        all.push(p);
-                    }
-                }
-                self.config_step(st, ins, format!("EXPOSE {}", all.join(" ")))
-            }
-            Kind::Volume(vols) => {
-                let mut all = Vec::new();
-                for v in vols {
-                    let v = self.expand_word(st, line, v)?;
-                    if v.is_empty() {
-                        return Err(at(line, "VOLUME: empty path"));
-                    }
-                    insert_map(&mut st.img.config, "Volumes", &v, json!({}));
-                    all.push(v);
-                }
-                self.config_step(st, ins, format!("VOLUME {all:?}"))
-            }
-            Kind::StopSignal(s) => {
-                let s = self.expand_word(st, line, s)?;
-                cfg(st).insert("StopSignal".into(), json!(s));
-                self.config_step(st, ins, format!("STOPSIGNAL {s}"))
-            }
-            Kind::Cmd(c) => {
-                let v = self.command(st, c);
-                cfg(st).insert("Cmd".into(), json!(v));
-                st.cmd_set = true;
-                self.config_step(st, ins, format!("CMD {v:?}"))
-            }
-            Kind::Entrypoint(c) => {
-                let v = self.command(st, c);
-                cfg(st).insert("Entrypoint".into(), json!(v));
-                // A new ENTRYPOINT drops a CMD inherited from the base (docker's rule).
-                if !st.cmd_set {
-                    cfg(st).insert("Cmd".into(), Value::Null);
-                }
-                self.config_step(st, ins, format!("ENTRYPOINT {v:?}"))
-            }
-            Kind::Shell(v) => {
-                st.shell = v.clone();
-                self.config_step(st, ins, format!("SHELL {v:?}"))
-            }
-            Kind::Healthcheck(h) => {
-                let hc = super::steps::healthcheck(h, &st.shell).map_err(|m| at(line, m))?;
-                cfg(st).insert("Healthcheck".into(), hc);
-                self.config_step(st, ins, ins.text.clone())
-            }
-            Kind::Onbuild(i) => {
-                let c = cfg(st);
-                let mut list = c
-                    .get("OnBuild")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                list.push(json!(i.text));
-                c.insert("OnBuild".into(), json!(list));
-                self.config_step(st, ins, ins.text.clone())
-            }
             Kind::Run {
                 cmd,
                 heredocs,
@@ -491,6 +383,7 @@ impl<'a> Builder<'a> {
             Kind::Copy(c) => self.copy_step(st, ins, c, false),
             Kind::Add(c) => self.copy_step(st, ins, c, true),
             Kind::From { .. } => Err(at(line, "FROM inside a stage")),
+            _ => self.config_instruction(st, ins),
         }
     }
 
