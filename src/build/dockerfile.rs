@@ -491,23 +491,7 @@ fn instruction(
         }
     };
     let kind = match kw.as_str() {
-        "FROM" => {
-            let (flags, rest) = flags(rest);
-            let ws: Vec<&str> = rest.split_whitespace().collect();
-            match ws.as_slice() {
-                [image] => Kind::From {
-                    image: (*image).to_owned(),
-                    alias: None,
-                    flags,
-                },
-                [image, as_, alias] if as_.eq_ignore_ascii_case("as") => Kind::From {
-                    image: (*image).to_owned(),
-                    alias: Some((*alias).to_owned()),
-                    flags,
-                },
-                _ => return Err(err(line, "expected FROM IMAGE [AS NAME]", text)),
-            }
-        }
+        "FROM" => from(rest, line, text)?,
         "RUN" => {
             let (flags, rest) = flags(rest);
             if rest.trim().is_empty() && heredocs.is_empty() {
@@ -525,21 +509,7 @@ fn instruction(
             Some(v) if !v.is_empty() => Kind::Shell(v),
             _ => return Err(err(line, "SHELL needs a JSON array", text)),
         },
-        "COPY" | "ADD" => {
-            let (c, n) = copy_args(rest, heredocs, esc);
-            if c.args.is_empty() || n < 2 {
-                return Err(err(
-                    line,
-                    format!("{kw} needs a source and a destination"),
-                    text,
-                ));
-            }
-            if kw == "COPY" {
-                Kind::Copy(c)
-            } else {
-                Kind::Add(c)
-            }
-        }
+        "COPY" | "ADD" => copy_or_add(&kw, rest, heredocs, esc, line, text)?,
         "ENV" => Kind::Env(pairs(rest, esc, line, text)?),
         "LABEL" => Kind::Label(pairs(rest, esc, line, text)?),
         "ARG" => {
@@ -566,43 +536,10 @@ fn instruction(
             need(rest)?;
             Kind::Volume(json_array(rest).unwrap_or_else(|| words(rest, esc)))
         }
-        "HEALTHCHECK" => {
-            let (flags, rest) = flags(rest);
-            let w_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-            let (w, cmd) = rest.split_at(w_end);
-            match w.to_ascii_uppercase().as_str() {
-                "NONE" if cmd.trim().is_empty() => Kind::Healthcheck(Health { flags, cmd: None }),
-                "CMD" if !cmd.trim().is_empty() => Kind::Healthcheck(Health {
-                    flags,
-                    cmd: Some(command(cmd)),
-                }),
-                _ => {
-                    return Err(err(
-                        line,
-                        "expected HEALTHCHECK [OPTIONS] CMD ... or NONE",
-                        text,
-                    ));
-                }
-            }
-        }
+        "HEALTHCHECK" => healthcheck(rest, line, text)?,
         "ONBUILD" => {
             need(rest)?;
-            let inner = Logical {
-                line,
-                text: rest.to_owned(),
-            };
-            let i = instruction(&inner, heredocs, esc)?;
-            if matches!(
-                i.kind,
-                Kind::Onbuild(_) | Kind::From { .. } | Kind::Maintainer(_)
-            ) {
-                return Err(err(
-                    line,
-                    format!("ONBUILD {} is not allowed", i.kind.keyword()),
-                    text,
-                ));
-            }
-            Kind::Onbuild(Box::new(i))
+            onbuild(rest, heredocs, esc, line, text)?
         }
         _ => return Err(err(line, format!("unknown instruction {kw}"), text)),
     };
@@ -611,4 +548,85 @@ fn instruction(
         text: text.to_owned(),
         kind,
     })
+}
+
+/// `FROM [--platform=..] IMAGE [AS NAME]`.
+fn from(rest: &str, line: usize, text: &str) -> Result<Kind, ParseError> {
+    let (flags, rest) = flags(rest);
+    let ws: Vec<&str> = rest.split_whitespace().collect();
+    match ws.as_slice() {
+        [image] => Ok(Kind::From {
+            image: (*image).to_owned(),
+            alias: None,
+            flags,
+        }),
+        [image, as_, alias] if as_.eq_ignore_ascii_case("as") => Ok(Kind::From {
+            image: (*image).to_owned(),
+            alias: Some((*alias).to_owned()),
+            flags,
+        }),
+        _ => Err(err(line, "expected FROM IMAGE [AS NAME]", text)),
+    }
+}
+
+fn copy_or_add(
+    kw: &str,
+    rest: &str,
+    heredocs: Vec<Heredoc>,
+    esc: char,
+    line: usize,
+    text: &str,
+) -> Result<Kind, ParseError> {
+    let (c, n) = copy_args(rest, heredocs, esc);
+    if c.args.is_empty() || n < 2 {
+        let why = format!("{kw} needs a source and a destination");
+        return Err(err(line, why, text));
+    }
+    Ok(if kw == "COPY" {
+        Kind::Copy(c)
+    } else {
+        Kind::Add(c)
+    })
+}
+
+/// `HEALTHCHECK [OPTIONS] CMD ...` or `HEALTHCHECK NONE`.
+fn healthcheck(rest: &str, line: usize, text: &str) -> Result<Kind, ParseError> {
+    let (flags, rest) = flags(rest);
+    let w_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+    let (w, cmd) = rest.split_at(w_end);
+    match w.to_ascii_uppercase().as_str() {
+        "NONE" if cmd.trim().is_empty() => Ok(Kind::Healthcheck(Health { flags, cmd: None })),
+        "CMD" if !cmd.trim().is_empty() => Ok(Kind::Healthcheck(Health {
+            flags,
+            cmd: Some(command(cmd)),
+        })),
+        _ => Err(err(
+            line,
+            "expected HEALTHCHECK [OPTIONS] CMD ... or NONE",
+            text,
+        )),
+    }
+}
+
+/// `ONBUILD INSTRUCTION`: any instruction but ONBUILD, FROM and MAINTAINER.
+fn onbuild(
+    rest: &str,
+    heredocs: Vec<Heredoc>,
+    esc: char,
+    line: usize,
+    text: &str,
+) -> Result<Kind, ParseError> {
+    let inner = Logical {
+        line,
+        text: rest.to_owned(),
+    };
+    let i = instruction(&inner, heredocs, esc)?;
+    if matches!(
+        i.kind,
+        Kind::Onbuild(_) | Kind::From { .. } | Kind::Maintainer(_)
+    ) {
+        let why = format!("ONBUILD {} is not allowed", i.kind.keyword());
+        return Err(err(line, why, text));
+    }
+    Ok(Kind::Onbuild(Box::new(i)))
 }
