@@ -198,6 +198,62 @@ impl MountOptions {
         Ok(())
     }
 
+    /// The generic mount options (ro, nodev, allow_other, ...); false if `name` is not one.
+    fn apply_mount_flag(&mut self, name: &[u8], value: Option<&[u8]>) -> Result<bool, OptionError> {
+        let shown = || String::from_utf8_lossy(name).into_owned();
+        let flag = |v: Option<&[u8]>| match v {
+            None => Ok(()),
+            Some(_) => Err(OptionError::UnexpectedValue(shown())),
+        };
+        let missing = || OptionError::MissingValue(shown());
+        match name {
+            // fuse-overlayfs's tuning knob: strata always serves from several threads.
+            b"threaded" => {
+                value.ok_or_else(missing)?;
+            }
+            b"allow_other" => {
+                flag(value)?;
+                self.allow_other = true;
+            }
+            b"allow_root" => {
+                flag(value)?;
+                self.allow_root = true;
+            }
+            // strata always lets the kernel check permissions against the merged attributes.
+            b"default_permissions" => flag(value)?,
+            b"ro" => {
+                flag(value)?;
+                self.read_only = true;
+            }
+            b"rw" => {
+                flag(value)?;
+                self.read_only = false;
+            }
+            b"dev" | b"nodev" => {
+                flag(value)?;
+                self.dev = name == b"dev";
+            }
+            b"suid" | b"nosuid" => {
+                flag(value)?;
+                self.suid = name == b"suid";
+            }
+            b"exec" | b"noexec" => {
+                flag(value)?;
+                self.noexec = name == b"noexec";
+            }
+            b"noatime" => {
+                flag(value)?;
+                self.noatime = true;
+            }
+            // Kernel defaults, or VFS flags FUSE handles itself: nothing to do.
+            b"atime" | b"relatime" | b"strictatime" | b"nodiratime" | b"async" | b"sync"
+            | b"dirsync" | b"_netdev" | b"nofail" | b"auto" | b"noauto" | b"user" | b"nouser"
+            | b"users" | b"defaults" | b"nonempty" => flag(value)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
     fn apply_one(&mut self, name: &[u8], value: Option<&[u8]>) -> Result<(), OptionError> {
         let shown = String::from_utf8_lossy(name).into_owned();
         let flag = |v: Option<&[u8]>| match v {
@@ -260,48 +316,7 @@ impl MountOptions {
                 };
             }
             _ if self.apply_overlay(name, value)? => {}
-            // fuse-overlayfs's tuning knob: strata always serves from several threads.
-            b"threaded" => {
-                value.ok_or_else(missing)?;
-            }
-            b"allow_other" => {
-                flag(value)?;
-                self.allow_other = true;
-            }
-            b"allow_root" => {
-                flag(value)?;
-                self.allow_root = true;
-            }
-            // strata always lets the kernel check permissions against the merged attributes.
-            b"default_permissions" => flag(value)?,
-            b"ro" => {
-                flag(value)?;
-                self.read_only = true;
-            }
-            b"rw" => {
-                flag(value)?;
-                self.read_only = false;
-            }
-            b"dev" | b"nodev" => {
-                flag(value)?;
-                self.dev = name == b"dev";
-            }
-            b"suid" | b"nosuid" => {
-                flag(value)?;
-                self.suid = name == b"suid";
-            }
-            b"exec" | b"noexec" => {
-                flag(value)?;
-                self.noexec = name == b"noexec";
-            }
-            b"noatime" => {
-                flag(value)?;
-                self.noatime = true;
-            }
-            // Kernel defaults, or VFS flags FUSE handles itself: nothing to do.
-            b"atime" | b"relatime" | b"strictatime" | b"nodiratime" | b"async" | b"sync"
-            | b"dirsync" | b"_netdev" | b"nofail" | b"auto" | b"noauto" | b"user" | b"nouser"
-            | b"users" | b"defaults" | b"nonempty" => flag(value)?,
+            _ if self.apply_mount_flag(name, value)? => {}
             _ if NOT_YET.iter().any(|n| n.as_bytes() == name) => {
                 return Err(OptionError::Unsupported(shown));
             }
