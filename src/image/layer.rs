@@ -103,15 +103,34 @@ pub fn stage(
         (d, compression, stats)
     };
     let (digest, size, tee) = compressed.finish().map_err(tar_err)?;
-    if let Some((mut w, _)) = tee.out {
-        w.flush().map_err(io_err("writing", &blob_path))?;
-        let f = w
-            .into_inner()
-            .map_err(|e| io_err("writing", &blob_path)(e.into_error()))?;
-        f.sync().map_err(io_err("syncing", &blob_path))?;
+    if let Some((w, path)) = tee.out {
+        finish_blob(w, &path)?;
     }
+    verify(job, &digest, size, &diff_id)?;
+    pb.finish_and_clear();
+    Ok(Staged {
+        digest,
+        size,
+        compression,
+        blob: job.keep_blob.then_some(blob_path),
+        layer: job.unpack.then_some(layer_path),
+        stats,
+    })
+}
+
+/// The kept blob copy, flushed and durable before the store renames it.
+fn finish_blob(mut w: BufWriter<BlobFile>, path: &Path) -> Result<()> {
+    w.flush().map_err(io_err("writing", path))?;
+    let f = w
+        .into_inner()
+        .map_err(|e| io_err("writing", path)(e.into_error()))?;
+    f.sync().map_err(io_err("syncing", path))
+}
+
+/// The blob's digest and size against its descriptor, the tar's digest against the diff_id.
+fn verify(job: &LayerJob<'_>, digest: &Digest, size: u64, diff_id: &Digest) -> Result<()> {
     if let Some((want, want_size)) = job.expected {
-        if digest != *want {
+        if *digest != *want {
             return Err(ImageError::DigestMismatch {
                 expected: want.to_string(),
                 actual: digest.to_string(),
@@ -124,22 +143,14 @@ pub fn stage(
             });
         }
     }
-    if diff_id != *job.diff_id {
+    if *diff_id != *job.diff_id {
         return Err(ImageError::DiffIdMismatch {
             blob: job.label.clone(),
             expected: job.diff_id.to_string(),
             actual: diff_id.to_string(),
         });
     }
-    pb.finish_and_clear();
-    Ok(Staged {
-        digest,
-        size,
-        compression,
-        blob: job.keep_blob.then_some(blob_path),
-        layer: job.unpack.then_some(layer_path),
-        stats,
-    })
+    Ok(())
 }
 
 /// Unpacks the tar read from `tar` on a thread of its own, fed through a pipe, while this
