@@ -160,6 +160,13 @@ fn parse_parts(s: &str) -> std::result::Result<ImageRef, String> {
     if registry == DOCKER_HUB && path.len() == 1 {
         repository = format!("library/{repository}");
     }
+    // docker measures the normalised name (`docker.io/library/x`), not the one typed: a name
+    // that fits only before normalisation would not parse again once printed.
+    if registry.len() + 1 + repository.len() > 255 {
+        return Err(format!(
+            "name longer than 255 characters once normalised ({registry}/...)"
+        ));
+    }
     // docker adds `latest` only when there is no digest either.
     let tag = match (tag, &digest) {
         (Some(t), _) => Some(t.to_owned()),
@@ -264,6 +271,22 @@ mod tests {
         assert!(!ImageRef::parse("a/b").unwrap().qualified);
         // A port-like tag on an unqualified name is a tag (docker's rule).
         assert_eq!(full("test.com:5000"), "docker.io/library/test.com:5000");
+    }
+
+    #[test]
+    fn the_length_limit_applies_to_the_normalised_name() {
+        // Found by the reference fuzz target: 247 characters typed, 257 once docker.io/ is
+        // added, so its printed form did not parse again.
+        let typed = format!("{}/{}", "a".repeat(120), "b".repeat(126));
+        let e = ImageRef::parse(&typed).unwrap_err().to_string();
+        assert!(e.contains("once normalised"), "{e}");
+        let fits = format!("{}/{}", "a".repeat(120), "b".repeat(123));
+        let r = ImageRef::parse(&fits).unwrap();
+        assert_eq!(
+            ImageRef::parse(&r.to_string()).unwrap().to_string(),
+            r.to_string()
+        );
+        assert!(ImageRef::parse(&format!("h.io/{}", "c".repeat(250))).is_ok());
     }
 
     #[test]
