@@ -196,6 +196,7 @@ impl Filesystem for StrataFs {
     }
 
     fn destroy(&mut self) {
+        self.union.end_session();
         let s = self.union.dir_fd_stats();
         log::info!(
             "directory fd cache: {} of {} open at unmount, at most {}; {} reopened, {} closed early",

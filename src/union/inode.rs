@@ -229,6 +229,11 @@ impl NodeTable {
         self.nodes.len()
     }
 
+    /// Every node held now (a snapshot).
+    pub fn all(&self) -> Vec<Arc<Node>> {
+        self.nodes.iter().map(|e| e.value().clone()).collect()
+    }
+
     /// Gives back table capacity left over after many nodes were forgotten.
     pub fn shrink(&self) {
         self.nodes.shrink_to_fit();

@@ -292,6 +292,15 @@ impl Union {
         }
     }
 
+    /// The session is over (unmounted): the kernel will send no FORGET for what it still
+    /// held, so the staging links kept for those nodes go now. Left behind, they would count
+    /// as links of the upper files (kernel overlayfs over this upper would show one more).
+    pub fn end_session(&self) {
+        for node in self.nodes.all() {
+            self.drop_hidden_link(&node);
+        }
+    }
+
     /// Removes the staging link that kept an unlinked file reachable.
     pub(super) fn drop_hidden_link(&self, node: &Node) {
         let mut hidden = node.hidden_link.lock().unwrap_or_else(|p| p.into_inner());
