@@ -93,6 +93,26 @@ fn check_component(c: &str) -> std::result::Result<(), String> {
     }
 }
 
+/// `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+fn check_tag(t: &str) -> std::result::Result<(), String> {
+    if t.is_empty() {
+        return Err("empty tag after ':'".into());
+    }
+    if t.len() > 128 {
+        return Err("tag longer than 128 characters".into());
+    }
+    let ok = t.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "tag {t:?} may only hold letters, digits, _ . - (not first)"
+        ))
+    }
+}
+
 /// Splits and checks `s`; why it is refused otherwise.
 fn parse_parts(s: &str) -> std::result::Result<ImageRef, String> {
     if s.is_empty() {
@@ -117,20 +137,7 @@ fn parse_parts(s: &str) -> std::result::Result<ImageRef, String> {
         None => (rest, None),
     };
     if let Some(t) = tag {
-        if t.is_empty() {
-            return Err("empty tag after ':'".into());
-        }
-        if t.len() > 128 {
-            return Err("tag longer than 128 characters".into());
-        }
-        let ok = t.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-            && t.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-        if !ok {
-            return Err(format!(
-                "tag {t:?} may only hold letters, digits, _ . - (not first)"
-            ));
-        }
+        check_tag(t)?;
     }
     if name.is_empty() {
         return Err("no repository name".into());
