@@ -200,55 +200,49 @@ impl MountOptions {
 
     /// The generic mount options (ro, nodev, allow_other, ...); false if `name` is not one.
     fn apply_mount_flag(&mut self, name: &[u8], value: Option<&[u8]>) -> Result<bool, OptionError> {
-        let shown = || String::from_utf8_lossy(name).into_owned();
-        let flag = |v: Option<&[u8]>| match v {
-            None => Ok(()),
-            Some(_) => Err(OptionError::UnexpectedValue(shown())),
-        };
-        let missing = || OptionError::MissingValue(shown());
         match name {
             // fuse-overlayfs's tuning knob: strata always serves from several threads.
             b"threaded" => {
-                value.ok_or_else(missing)?;
+                needs_value(name, value)?;
             }
             b"allow_other" => {
-                flag(value)?;
+                no_value(name, value)?;
                 self.allow_other = true;
             }
             b"allow_root" => {
-                flag(value)?;
+                no_value(name, value)?;
                 self.allow_root = true;
             }
             // strata always lets the kernel check permissions against the merged attributes.
-            b"default_permissions" => flag(value)?,
+            b"default_permissions" => no_value(name, value)?,
             b"ro" => {
-                flag(value)?;
+                no_value(name, value)?;
                 self.read_only = true;
             }
             b"rw" => {
-                flag(value)?;
+                no_value(name, value)?;
                 self.read_only = false;
             }
             b"dev" | b"nodev" => {
-                flag(value)?;
+                no_value(name, value)?;
                 self.dev = name == b"dev";
             }
             b"suid" | b"nosuid" => {
-                flag(value)?;
+                no_value(name, value)?;
                 self.suid = name == b"suid";
             }
             b"exec" | b"noexec" => {
-                flag(value)?;
+                no_value(name, value)?;
                 self.noexec = name == b"noexec";
             }
             b"noatime" => {
-                flag(value)?;
+                no_value(name, value)?;
                 self.noatime = true;
             }
             // Kernel defaults, or VFS flags FUSE handles itself: nothing to do.
             b"atime" | b"relatime" | b"strictatime" | b"nodiratime" | b"async" | b"sync"
             | b"dirsync" | b"_netdev" | b"nofail" | b"auto" | b"noauto" | b"user" | b"nouser"
-            | b"users" | b"defaults" | b"nonempty" => flag(value)?,
+            | b"users" | b"defaults" | b"nonempty" => no_value(name, value)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -256,14 +250,9 @@ impl MountOptions {
 
     fn apply_one(&mut self, name: &[u8], value: Option<&[u8]>) -> Result<(), OptionError> {
         let shown = String::from_utf8_lossy(name).into_owned();
-        let flag = |v: Option<&[u8]>| match v {
-            None => Ok(()),
-            Some(_) => Err(OptionError::UnexpectedValue(shown.clone())),
-        };
-        let missing = || OptionError::MissingValue(shown.clone());
         match name {
             b"lowerdir" => {
-                let v = value.ok_or_else(missing)?;
+                let v = needs_value(name, value)?;
                 let layers: Vec<PathBuf> = split_escaped(v, b':', false)
                     .into_iter()
                     .map(|p| PathBuf::from(OsString::from_vec(unescape(&p))))
@@ -273,15 +262,15 @@ impl MountOptions {
                 }
                 self.lowers = layers;
             }
-            b"uidmapping" => self.ids.uids = parse_ranges(&shown, value.ok_or_else(missing)?)?,
-            b"gidmapping" => self.ids.gids = parse_ranges(&shown, value.ok_or_else(missing)?)?,
+            b"uidmapping" => self.ids.uids = parse_ranges(&shown, needs_value(name, value)?)?,
+            b"gidmapping" => self.ids.gids = parse_ranges(&shown, needs_value(name, value)?)?,
             b"squash_to_root" => {
-                flag(value)?;
+                no_value(name, value)?;
                 self.ids.squash_uid = Some(0);
                 self.ids.squash_gid = Some(0);
             }
             b"squash_to_uid" | b"squash_to_gid" => {
-                let v = value.ok_or_else(missing)?;
+                let v = needs_value(name, value)?;
                 let id = std::str::from_utf8(v)
                     .ok()
                     .and_then(|s| s.parse().ok())
@@ -292,13 +281,13 @@ impl MountOptions {
                     self.ids.squash_gid = Some(id);
                 }
             }
-            b"upperdir" => self.upper = Some(path_value(&shown, value.ok_or_else(missing)?)?),
-            b"workdir" => self.work = Some(path_value(&shown, value.ok_or_else(missing)?)?),
+            b"upperdir" => self.upper = Some(path_value(&shown, needs_value(name, value)?)?),
+            b"workdir" => self.work = Some(path_value(&shown, needs_value(name, value)?)?),
             b"fsname" => {
-                self.fsname = Some(OsString::from_vec(unescape(value.ok_or_else(missing)?)))
+                self.fsname = Some(OsString::from_vec(unescape(needs_value(name, value)?)))
             }
             b"timeout" => {
-                let v = value.ok_or_else(missing)?;
+                let v = needs_value(name, value)?;
                 let secs: f64 = std::str::from_utf8(v)
                     .ok()
                     .and_then(|s| s.parse().ok())
@@ -307,7 +296,7 @@ impl MountOptions {
                 self.timeout = Some(Duration::from_secs_f64(secs));
             }
             b"whiteout" => {
-                let v = value.ok_or_else(missing)?;
+                let v = needs_value(name, value)?;
                 self.whiteout = match v {
                     b"auto" => WhiteoutFormat::Auto,
                     b"chardev" => WhiteoutFormat::CharDev,
@@ -412,6 +401,21 @@ impl MountOptions {
             .push((key, OsString::from_vec(unquoted.to_vec())));
         Ok(true)
     }
+}
+
+/// A flag option: it takes no value.
+fn no_value(name: &[u8], value: Option<&[u8]>) -> Result<(), OptionError> {
+    match value {
+        None => Ok(()),
+        Some(_) => Err(OptionError::UnexpectedValue(
+            String::from_utf8_lossy(name).into_owned(),
+        )),
+    }
+}
+
+/// An option that needs a value.
+fn needs_value<'a>(name: &[u8], value: Option<&'a [u8]>) -> Result<&'a [u8], OptionError> {
+    value.ok_or_else(|| OptionError::MissingValue(String::from_utf8_lossy(name).into_owned()))
 }
 
 fn bad(name: &str, value: &[u8], why: &'static str) -> OptionError {

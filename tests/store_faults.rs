@@ -563,6 +563,19 @@ fn small_store(dir: tempfile::TempDir) -> (common::SmallFs, Store) {
     (common::SmallFs::mount(&s.path("store"), "64m"), s)
 }
 
+/// A small image already in the store (`small:1`): what a failed command must leave alone.
+fn import_small(s: &Store) {
+    let small = s.path("small");
+    layout(&small, 20, 1000, "1");
+    s.ok(&[
+        "image",
+        "import",
+        small.to_str().unwrap(),
+        "--name",
+        "small:1",
+    ]);
+}
+
 fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("strata-store-faults-")
@@ -576,15 +589,8 @@ fn import_into_a_full_store() {
         return;
     }
     let (_fs, s) = small_store(tempdir());
-    let (small, big) = (s.path("small"), s.path("big"));
-    layout(&small, 20, 1000, "1");
-    s.ok(&[
-        "image",
-        "import",
-        small.to_str().unwrap(),
-        "--name",
-        "small:1",
-    ]);
+    import_small(&s);
+    let big = s.path("big");
     layout(&big, 100, 4 << 20, "1");
     let big = big.to_str().unwrap().to_owned();
     full_then_freed(
@@ -623,15 +629,7 @@ fn pull_into_a_full_store() {
     a.ok(&["image", "import", src.to_str().unwrap(), "--name", "app:1"]);
     let dest = format!("{}/test/app:1", reg.host);
     a.ok(&["push", "app:1", &dest]);
-    let small = b.path("small");
-    layout(&small, 20, 1000, "1");
-    b.ok(&[
-        "image",
-        "import",
-        small.to_str().unwrap(),
-        "--name",
-        "small:1",
-    ]);
+    import_small(&b);
     // An interrupted download stays in partial/ to be resumed (registry::resume).
     full_then_freed(
         &b,
