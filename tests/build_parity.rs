@@ -210,7 +210,11 @@ impl Buildah<'_> {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.cmd().args(args).output().unwrap();
+        let o = common::output_past_memfd_seal(|| {
+            let mut c = self.cmd();
+            c.args(args);
+            c
+        });
         assert!(
             o.status.success(),
             "buildah {args:?}: {}",

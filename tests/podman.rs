@@ -156,6 +156,10 @@ impl Engine {
 
     /// `tool ARGS` as root or as nobody, in this engine's storage; the output.
     fn tool(&self, tool: &str, args: &[&str]) -> Output {
+        output_past_memfd_seal(|| self.tool_cmd(tool, args))
+    }
+
+    fn tool_cmd(&self, tool: &str, args: &[&str]) -> Command {
         let d = self.path();
         let mut cmd = if self.rootless {
             let mut c = Command::new("setpriv");
@@ -187,7 +191,8 @@ impl Engine {
                 "runc",
             ]);
         }
-        cmd.args(args).output().unwrap()
+        cmd.args(args);
+        cmd
     }
 
     /// Like `tool`, failing the test (with podman's stderr) unless it succeeds; stdout.

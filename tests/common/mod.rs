@@ -19,6 +19,26 @@ use rustix::fs::{FileType, Mode};
 
 pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
+/// Runs a podman or buildah command, again (up to twice) when it failed before doing anything:
+/// both copy themselves into a sealed memfd when they re-exec, and under load the kernel can
+/// refuse the seal with EBUSY while a page of the copy is still pinned ("sealing memfd copy",
+/// seen once in CI). Any other failure is returned as it is.
+pub fn output_past_memfd_seal(mut make: impl FnMut() -> Command) -> std::process::Output {
+    let mut out = make().output().expect("spawn podman/buildah");
+    for attempt in 2..=3 {
+        let transient = String::from_utf8_lossy(&out.stderr).contains("sealing memfd copy");
+        if out.status.success() || !transient {
+            break;
+        }
+        eprintln!(
+            "{:?}: memfd seal refused (EBUSY), attempt {attempt}",
+            make()
+        );
+        out = make().output().expect("spawn podman/buildah");
+    }
+    out
+}
+
 /// How long a mount may take to appear before the test fails.
 const PATIENCE: Duration = Duration::from_secs(10);
 
