@@ -208,7 +208,7 @@ fn copy_up(c: &mut Criterion) {
                     (rw, u, file.id)
                 },
                 |(rw, u, id)| {
-                    let (fh, _) = u.open(id, libc::O_WRONLY).expect("open for writing");
+                    let fh = u.open(id, libc::O_WRONLY).expect("open for writing").fh;
                     u.release(id, fh).expect("release");
                     // Dropped after the measurement: the upper's removal is not timed.
                     (rw, u)

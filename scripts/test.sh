@@ -52,7 +52,7 @@ set -e
 
 # The mount tests again with layers and upper on other filesystems (scripts/layouts.sh): a
 # suite that passes in one layout proves one layout.
-matrix_tests=(--test cow --test crash --test faults --test merged_view --test mount_options --test prop_layers --test prop_ops
+matrix_tests=(--test cow --test crash --test faults --test merged_view --test mount_options --test passthrough --test prop_layers --test prop_ops
   --test rootless --test run)
 read -r -a layouts <<< "${STRATA_LAYOUTS-ext4-tmpfs tmpfs-ext4 tmpfs-tmpfs xfs btrfs ro-tmpfs}"
 for name in "${layouts[@]}"; do

@@ -20,10 +20,10 @@ use fuser::{
 
 use crate::options::{IdMapping, OVERFLOW_ID};
 use crate::sys::Stat;
-use crate::union::{self, Caller, RenameMode, SetAttr, Union};
+use crate::union::{self, Caller, Opened, RenameMode, SetAttr, Union};
 pub use counts::OP_COUNTS_ENV;
 use counts::{Op, OpCounts};
-use passthrough::PassthroughCache;
+use passthrough::{Mode, PassthroughCache, Source, Want};
 use reply::{answer, attr, empty, errno, kind_of, negative_attr, set_time};
 
 pub struct StrataFs {
@@ -34,6 +34,9 @@ pub struct StrataFs {
     ttl: Duration,
     /// Whether to try FUSE passthrough for file I/O (real root only; decided at init).
     passthrough: bool,
+    /// `passthrough=lower`: lower files opened for reading use passthrough even with an
+    /// upper (writing or truncating one then waits for its readers: ETXTBSY).
+    lower_passthrough: bool,
     /// The I/O mode of each open handle (passthrough or cached), by the kernel's rules.
     passthrough_cache: PassthroughCache<BackingId>,
     /// `volatile` or `fsync=0`: fsync is a no-op (fuse-overlayfs's meaning, and the kernel's).
@@ -67,6 +70,7 @@ impl StrataFs {
             union,
             ttl,
             passthrough: try_passthrough,
+            lower_passthrough: false,
             passthrough_cache: PassthroughCache::default(),
             no_fsync: false,
             noacl: false,
@@ -82,6 +86,8 @@ impl StrataFs {
         self.no_fsync = o.volatile || o.no_fsync;
         self.noacl = o.noacl;
         self.no_xattrs = o.no_xattrs;
+        self.passthrough &= o.passthrough != crate::options::Passthrough::Off;
+        self.lower_passthrough = o.passthrough == crate::options::Passthrough::Lower;
         self
     }
 
@@ -91,18 +97,27 @@ impl StrataFs {
         self.no_xattrs || (self.noacl && ACL_XATTRS.contains(&name.as_bytes()))
     }
 
-    /// The backing id for a passthrough open of `ino`, shared with its other open handles;
-    /// None when this open must use the normal read/write path.
-    fn open_passthrough(
+    /// How an open of `ino` is served: passthrough where the kernel's rules and exactness
+    /// allow it, the daemon's read path otherwise (the rules are in `fuse::passthrough`).
+    fn open_mode(
         &self,
         ino: u64,
-        fh: u64,
-        file: &std::fs::File,
+        o: &Opened,
+        writer: bool,
         open_backing: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
-    ) -> Option<Arc<BackingId>> {
-        let allowed = self.passthrough && self.union.data_settled(ino);
+    ) -> Mode<BackingId> {
+        let want = if !self.passthrough {
+            Want::Cached
+        } else if !o.on_lower || !self.union.has_upper() {
+            // The upper copy, or a lower file nothing can copy up: its data stays put.
+            Want::Passthrough(Source::Current)
+        } else if self.lower_passthrough {
+            Want::Passthrough(Source::Lower)
+        } else {
+            Want::Cached
+        };
         self.passthrough_cache
-            .open(ino, fh, allowed, || open_backing(file))
+            .open(ino, o.fh, want, writer, || open_backing(&o.file))
     }
 
     fn count(&self, op: Op) {
@@ -155,10 +170,6 @@ impl StrataFs {
             let _ = self.union.releasedir(ino, h);
         }
         r
-    }
-
-    fn release_handle(&self, fh: u64) {
-        self.passthrough_cache.release(fh);
     }
 }
 
@@ -248,16 +259,37 @@ impl Filesystem for StrataFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.count(Op::Open);
-        let (fh, file) = match self.union.open(ino.0, flags.0) {
-            Ok(v) => v,
-            Err(e) => return reply.error(errno(e)),
-        };
-        if let Some(id) = self.open_passthrough(ino.0, fh, &file, |f| reply.open_backing(f)) {
-            // The kernel refuses any other open flag with passthrough (EIO).
-            return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+        let writer = crate::union::opens_for_writing(flags.0);
+        if writer && let Err(e) = self.passthrough_cache.begin_write(ino.0) {
+            return reply.error(errno(e));
         }
-        // Lower files never change while mounted: the page cache may outlive an open.
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        let o = match self.union.open(ino.0, flags.0) {
+            Ok(v) => v,
+            Err(e) => {
+                if writer {
+                    self.passthrough_cache.end_write(ino.0);
+                }
+                return reply.error(errno(e));
+            }
+        };
+        match self.open_mode(ino.0, &o, writer, |f| reply.open_backing(f)) {
+            // The kernel refuses any other open flag with passthrough (EIO).
+            Mode::Passthrough(b) => {
+                reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &b.id)
+            }
+            // Lower files never change while mounted, and every write goes through this page
+            // cache: it may outlive an open.
+            Mode::Cached { keep_cache: true } => {
+                reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Mode::Cached { keep_cache: false } => {
+                reply.opened(FileHandle(o.fh), FopenFlags::empty())
+            }
+            Mode::Refused => {
+                let _ = self.union.release(ino.0, o.fh);
+                reply.error(Errno::ETXTBSY)
+            }
+        }
     }
 
     fn read(
@@ -308,7 +340,7 @@ impl Filesystem for StrataFs {
         if let Err(e) = self.union.release(ino.0, fh.0) {
             return reply.error(errno(e));
         }
-        self.release_handle(fh.0);
+        self.passthrough_cache.release(ino.0, fh.0);
         reply.ok();
     }
 
@@ -472,9 +504,16 @@ impl Filesystem for StrataFs {
             mtime: mtime.map(set_time),
             fh: fh.map(|f| f.0),
         };
-        answer(self.union.setattr(ino.0, &a), reply, |reply, st| {
-            reply.attr(&self.ttl, &self.attr(&st))
-        })
+        // A size change is a write: refused while readers hold a lower backing of the file.
+        let truncates = size.is_some();
+        if truncates && let Err(e) = self.passthrough_cache.begin_write(ino.0) {
+            return reply.error(errno(e));
+        }
+        let r = self.union.setattr(ino.0, &a);
+        if truncates {
+            self.passthrough_cache.end_write(ino.0);
+        }
+        answer(r, reply, |reply, st| reply.attr(&self.ttl, &self.attr(&st)))
     }
 
     fn mknod(
@@ -589,23 +628,29 @@ impl Filesystem for StrataFs {
             Err(e) => return reply.error(errno(e)),
         };
         let generation = Generation(node.generation);
-        if let Some(id) = self.open_passthrough(node.id, fh, &file, |f| reply.open_backing(f)) {
-            return reply.created_passthrough(
+        let o = Opened {
+            fh,
+            file,
+            on_lower: false,
+        };
+        // A new inode: no lower backing can be held for it.
+        match self.open_mode(node.id, &o, false, |f| reply.open_backing(f)) {
+            Mode::Passthrough(b) => reply.created_passthrough(
                 &self.ttl,
                 &self.attr(&st),
                 generation,
                 FileHandle(fh),
                 FopenFlags::empty(),
-                &id,
-            );
+                &b.id,
+            ),
+            _ => reply.created(
+                &self.ttl,
+                &self.attr(&st),
+                generation,
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
         }
-        reply.created(
-            &self.ttl,
-            &self.attr(&st),
-            generation,
-            FileHandle(fh),
-            FopenFlags::empty(),
-        );
     }
 
     fn write(

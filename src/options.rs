@@ -79,6 +79,23 @@ pub struct MountOptions {
     pub no_redirect: bool,
     /// `noxattrs=1`: no xattrs through the mount.
     pub no_xattrs: bool,
+    /// `passthrough=`: which files FUSE passthrough may serve (strata's own option).
+    pub passthrough: Passthrough,
+}
+
+/// strata's `passthrough=` option. Passthrough needs real root; without it every mode is
+/// `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Passthrough {
+    /// Upper files, and lower files of a mount without an upper: kernel overlayfs's
+    /// semantics exactly.
+    #[default]
+    Exact,
+    /// Also lower files opened for reading under an upper. Opening such a file for writing,
+    /// or truncating it, fails with ETXTBSY while those readers have it open.
+    Lower,
+    /// None: every read and write goes through the daemon.
+    Off,
 }
 
 /// fuse-overlayfs's `xattr_permissions=`: where an upper keeps owners and modes it cannot
@@ -343,6 +360,17 @@ impl MountOptions {
                 choice(&[b"0", b"1"], "expected 0 or 1")?;
             }
             b"userxattr" => flag(&mut self.userxattr)?,
+            b"passthrough" => {
+                let v = choice(
+                    &[b"exact", b"lower", b"off"],
+                    "expected exact, lower or off",
+                )?;
+                self.passthrough = match v {
+                    b"lower" => Passthrough::Lower,
+                    b"off" => Passthrough::Off,
+                    _ => Passthrough::Exact,
+                };
+            }
             b"noacl" => flag(&mut self.noacl)?,
             b"static_nlink" => flag(&mut self.static_nlink)?,
             // The kernel's meanings: `on` makes and follows redirects; `follow` and `off` make
@@ -617,6 +645,27 @@ mod tests {
                 Err(OptionError::UnexpectedValue(name.into()))
             );
         }
+    }
+
+    #[test]
+    fn passthrough_modes() {
+        assert_eq!(parse(b"").unwrap().passthrough, Passthrough::Exact);
+        assert_eq!(
+            parse(b"passthrough=lower").unwrap().passthrough,
+            Passthrough::Lower
+        );
+        assert_eq!(
+            parse(b"passthrough=off").unwrap().passthrough,
+            Passthrough::Off
+        );
+        assert!(matches!(
+            parse(b"passthrough=all"),
+            Err(OptionError::BadValue { .. })
+        ));
+        assert_eq!(
+            parse(b"passthrough"),
+            Err(OptionError::MissingValue("passthrough".into()))
+        );
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl Merged {
 
     /// A regular file's whole content.
     pub fn read_file(&self, id: u64) -> io::Result<Vec<u8>> {
-        let (fh, _) = self.union.open(id, libc::O_RDONLY)?;
+        let fh = self.union.open(id, libc::O_RDONLY)?.fh;
         let mut out = Vec::new();
         let res = loop {
             match self.union.read(id, fh, out.len() as u64, 1 << 20) {

@@ -21,6 +21,14 @@ pub struct OpenFile {
     pub on_lower: bool,
 }
 
+/// What `Union::open` hands back: the handle, and the file behind it for FUSE passthrough.
+pub struct Opened {
+    pub fh: u64,
+    pub file: Arc<File>,
+    /// The file is a lower layer's (see `OpenFile::on_lower`).
+    pub on_lower: bool,
+}
+
 /// A listing snapshot for one open directory.
 pub struct DirHandle {
     pub node: Arc<Node>,

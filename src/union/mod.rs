@@ -31,6 +31,12 @@ pub use rustix::fs::FileType;
 pub use sys::{RenameMode, SetTime};
 
 use dircache::{Dir, DirCache};
+pub use handles::Opened;
+
+/// Whether an open with `flags` may change the file's data (it copies the file up).
+pub fn opens_for_writing(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
 use handles::{DirHandle, Handles, OpenFile};
 use inode::{InoMap, NodeState, NodeTable, Place};
 use layer::{DirCopy, Layer};
@@ -204,13 +210,6 @@ impl Union {
             },
         );
         Ok(())
-    }
-
-    /// Whether a file's data can no longer change place: it is in the upper layer, or there
-    /// is no upper to copy it to. Only such files may be served by FUSE passthrough, whose
-    /// backing file is fixed per inode while any handle is open.
-    pub fn data_settled(&self, id: u64) -> bool {
-        !self.has_upper() || self.node(id).is_ok_and(|n| Self::data_in_upper(&n.state()))
     }
 
     pub fn has_upper(&self) -> bool {
@@ -443,10 +442,9 @@ impl Union {
 
     /// Opens a file (copying it up first for writing). Returns the handle and the file, for
     /// FUSE passthrough.
-    pub fn open(&self, id: u64, flags: i32) -> io::Result<(u64, Arc<File>)> {
+    pub fn open(&self, id: u64, flags: i32) -> io::Result<Opened> {
         let node = self.node(id)?;
-        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        if writes {
+        if opens_for_writing(flags) {
             self.copy_up(&node)?;
         }
         let (file, on_lower) = {
@@ -477,7 +475,7 @@ impl Union {
             file: file.clone(),
             on_lower,
         });
-        Ok((fh, file))
+        Ok(Opened { fh, file, on_lower })
     }
 
     pub fn read(&self, id: u64, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {

@@ -272,11 +272,11 @@ impl Union {
             self.new_entry(&p, name, libc::S_IFREG | (mode & 0o7777), who, |d, n| {
                 sys::create_file_at(d, n, 0o600, libc::O_WRONLY).map(drop)
             })?;
-        let (fh, file) = self.open(
+        let o = self.open(
             node.id,
             flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC),
         )?;
-        Ok((node, st, fh, file))
+        Ok((node, st, o.fh, o.file))
     }
 
     pub fn link(&self, id: u64, newparent: u64, newname: &OsStr) -> io::Result<(Arc<Node>, Stat)> {

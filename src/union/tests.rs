@@ -251,7 +251,7 @@ fn walk_to(u: &Union, path: &str) -> Arc<Node> {
 }
 
 fn read_all(u: &Union, id: u64) -> Vec<u8> {
-    let (fh, _) = u.open(id, libc::O_RDONLY).unwrap();
+    let fh = u.open(id, libc::O_RDONLY).unwrap().fh;
     let data = u.read(id, fh, 0, 1 << 16).unwrap();
     u.release(id, fh).unwrap();
     data
@@ -317,7 +317,7 @@ fn renames_of_evicted_directories() {
     assert_eq!(names(&u, ROOT_ID), ["x"]);
 
     // Copy-up below a moved, evicted directory lands in its new place.
-    let (fh, _) = u.open(f.id, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    let fh = u.open(f.id, libc::O_WRONLY | libc::O_TRUNC).unwrap().fh;
     u.write(f.id, fh, 0, b"upper f").unwrap();
     u.release(f.id, fh).unwrap();
     assert_eq!(fs::read(t.path().join("u/x/a2/b/c/f")).unwrap(), b"upper f");
@@ -351,7 +351,7 @@ fn renames_of_evicted_directories() {
     assert_eq!(read_all(&u, f.id), b"upper f");
 
     // A removed directory still answers (its fd was kept).
-    let (fh, _) = u.open(g.id, libc::O_RDONLY).unwrap();
+    let fh = u.open(g.id, libc::O_RDONLY).unwrap().fh;
     u.release(g.id, fh).unwrap();
     u.unlink(o.id, OsStr::new("g")).unwrap();
     u.rmdir(n.id, OsStr::new("o")).unwrap();
@@ -459,7 +459,7 @@ fn unlinked_special_files_answer_until_forgotten() {
     }
     // Reopened by the kernel (an O_PATH fd through /proc): the regular file's data is there.
     let reg = &nodes[2];
-    let (fh, _) = u.open(reg.id, libc::O_RDWR).unwrap();
+    let fh = u.open(reg.id, libc::O_RDWR).unwrap().fh;
     u.write(reg.id, fh, 0, b"still here").unwrap();
     assert_eq!(u.read(reg.id, fh, 0, 100).unwrap(), b"still here");
     assert_eq!(u.getattr_fh(reg.id, fh).unwrap().st_nlink, 0);
@@ -491,7 +491,7 @@ fn handles_belong_to_their_inode_and_internal_lookups_balance() {
     let u = writable(t.path(), 2);
     let a = walk_to(&u, "a");
     let b = walk_to(&u, "b");
-    let (fh, _) = u.open(a.id, libc::O_RDWR).unwrap();
+    let fh = u.open(a.id, libc::O_RDWR).unwrap().fh;
     assert_eq!(u.getattr_fh(a.id, fh).unwrap().st_size, 4);
     let e = u.getattr_fh(b.id, fh).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EBADF));
@@ -513,7 +513,7 @@ fn handles_belong_to_their_inode_and_internal_lookups_balance() {
     ebadf(u.write(b.id, fh, 0, b"x").map(drop), "write");
     ebadf(u.fsync(b.id, fh, false), "fsync");
     ebadf(u.fallocate(b.id, fh, 0, 0, 100), "fallocate");
-    let (fb, _) = u.open(b.id, libc::O_RDWR).unwrap();
+    let fb = u.open(b.id, libc::O_RDWR).unwrap().fh;
     let cfr = u.copy_file_range((b.id, fh), 0, (b.id, fb), 0, 4).map(drop);
     ebadf(cfr, "copy_file_range from another's handle");
     let cfr = u.copy_file_range((b.id, fb), 0, (a.id, fb), 0, 2).map(drop);
