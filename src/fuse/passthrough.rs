@@ -11,7 +11,8 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 /// Where the file a handle opened lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +73,14 @@ struct State<B> {
 pub struct PassthroughCache<B> {
     // One lock: only opens and releases take it, never reads or writes.
     state: Mutex<State<B>>,
+    /// Signalled by each release, for writers waiting on a lower backing.
+    released: Condvar,
 }
+
+/// How long a writer waits for the releases of a lower file's readers. The kernel frees its
+/// side of a backing when the file is closed, but sends RELEASE in the background: without the
+/// wait, `cat f; echo x >> f` could meet a reader already closed.
+const RELEASE_WAIT: Duration = Duration::from_millis(500);
 
 impl<B> Default for PassthroughCache<B> {
     fn default() -> Self {
@@ -83,6 +91,7 @@ impl<B> Default for PassthroughCache<B> {
                 writers: HashMap::new(),
                 handles: HashMap::new(),
             }),
+            released: Condvar::new(),
         }
     }
 }
@@ -104,14 +113,23 @@ impl<B> PassthroughCache<B> {
     }
 
     /// Announces an open for writing of `ino`, before it copies up or truncates anything.
-    /// Err(ETXTBSY) while a lower file's backing is held for it: the kernel would make the
-    /// writer share that backing (and map the lower file for its mmaps). Otherwise the writer
+    /// Err(ETXTBSY) while a lower file's backing is held for it (after waiting `RELEASE_WAIT`
+    /// for its readers' releases): the kernel would make the writer share that backing (and
+    /// map the lower file for its mmaps). Otherwise the writer
     /// is counted until `open` records it (`writer: true`) and `release` lets it go, or
     /// `end_write` if its open fails.
     pub fn begin_write(&self, ino: u64) -> io::Result<()> {
+        let deadline = Instant::now() + RELEASE_WAIT;
         let mut s = self.lock();
-        if Self::holds_lower(&s, ino) {
-            return Err(io::Error::from_raw_os_error(libc::ETXTBSY));
+        while Self::holds_lower(&s, ino) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::from_raw_os_error(libc::ETXTBSY));
+            }
+            s = match self.released.wait_timeout(s, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
         }
         bump(&mut s.writers, ino, true);
         Ok(())
@@ -202,6 +220,7 @@ impl<B> PassthroughCache<B> {
                 drop(b);
                 if s.backing.get(&ino).is_some_and(|w| w.strong_count() == 0) {
                     s.backing.remove(&ino);
+                    self.released.notify_all();
                 }
             }
         }
@@ -297,6 +316,23 @@ mod tests {
         assert!(!c.lower_held(7));
         c.begin_write(7).unwrap();
         assert_eq!(backing(c.open(7, 4, UPPER, true, maker(&made))), Some(2));
+    }
+
+    /// The kernel sends RELEASE after close returns: a writer right behind a closed reader
+    /// waits for it instead of failing.
+    #[test]
+    fn a_writer_waits_for_a_release_on_its_way() {
+        let c = Arc::new(PassthroughCache::default());
+        assert_eq!(backing(c.open(7, 1, LOWER, false, || Ok(1))), Some(1));
+        let late = c.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            late.release(7, 1);
+        });
+        let start = Instant::now();
+        c.begin_write(7).unwrap();
+        assert!(start.elapsed() < RELEASE_WAIT, "woken by the release");
+        t.join().unwrap();
     }
 
     #[test]
