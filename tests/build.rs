@@ -6,6 +6,8 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use build_env::{Env, outcomes};
 
@@ -585,6 +587,71 @@ fn run_network_modes() {
     assert!(
         String::from_utf8_lossy(&o.stderr)
             .contains("Dockerfile:2: RUN --mount=type=cache,target=/c: not supported")
+    );
+    env.assert_clean();
+}
+
+/// SIGINT to the builder during a RUN (what Ctrl-C sends, here to the builder alone): the
+/// container is stopped, not waited for, the build exits 130 with no tag, the finished steps
+/// stay cached, and nothing is left mounted or staged.
+#[test]
+fn sigint_during_run_stops_the_container_and_cleans_up() {
+    let Some(env) = Env::new() else { return };
+    env.base("busybox");
+    let ctx = env.context(
+        "interrupted",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo kept > /kept\nRUN echo started; sleep 60\n",
+        )],
+    );
+    let err_path = env.path("interrupted.err");
+    let mut child = env
+        .strata()
+        .args(["build", "-t", "cut:1"])
+        .arg(&ctx)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let started = common::wait_until(Duration::from_secs(60), || {
+        fs::read_to_string(&err_path).is_ok_and(|e| e.contains("started"))
+    });
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let sent = Instant::now();
+    let mut status = None;
+    common::wait_until(Duration::from_secs(30), || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    let err = fs::read_to_string(&err_path).unwrap_or_default();
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the build did not stop within 30 s of SIGINT: {err}");
+    };
+    assert!(started, "the RUN never started: {err}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(30),
+        "waited for the RUN"
+    );
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(!env.has_image("cut:1"));
+    env.assert_clean();
+    let fixed = env.context(
+        "interrupted-fixed",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo kept > /kept\nRUN echo done\n",
+        )],
+    );
+    let (_, err) = env.build_ok(&fixed, &["-t", "cut:1"]);
+    assert_eq!(
+        outcomes(&err).first().map(|(_, r)| *r),
+        Some("CACHED"),
+        "the finished RUN stays cached: {err}"
     );
     env.assert_clean();
 }

@@ -552,8 +552,16 @@ impl<'a> Builder<'a> {
                     quiet: self.opts.quiet,
                     prefix: rustix::termios::isatty(std::io::stderr())
                         .then(|| format!("[{}] [{}/{}]", st.label, st.step, st.steps)),
+                    interrupted: &self.opts.interrupted,
                 };
                 let (code, upper, _staging) = workspace::run_container(self.store, &c)?;
+                if self
+                    .opts
+                    .interrupted
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    return Err(BuildError::Interrupted);
+                }
                 if code != 0 {
                     return Err(BuildError::RunFailed {
                         line: ins.line,

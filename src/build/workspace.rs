@@ -116,10 +116,46 @@ pub struct Container<'a> {
     pub quiet: bool,
     /// On a terminal, each output line is prefixed with this (the step), as BuildKit does.
     pub prefix: Option<String>,
+    /// Set by SIGINT/SIGTERM to the build: the container is stopped (see `wait_stopping`).
+    pub interrupted: &'a AtomicBool,
+}
+
+/// Waits for `child`, passing SIGTERM on to it once `interrupted` is set, so a RUN container
+/// stops with the build even when the signal reached only the builder (`kill -INT`, a
+/// pipeline's SIGTERM); at a terminal Ctrl-C reaches both. A pidfd names the child, so the
+/// signal cannot reach a reused pid.
+fn wait_stopping(
+    child: &mut std::process::Child,
+    interrupted: &AtomicBool,
+) -> std::io::Result<std::process::ExitStatus> {
+    use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
+    let pidfd = pidfd_open(Pid::from_child(child), PidfdFlags::empty()).ok();
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            while !done.load(Ordering::Acquire) {
+                if interrupted.load(Ordering::Relaxed) {
+                    if let Some(fd) = &pidfd {
+                        let _ = pidfd_send_signal(fd, Signal::TERM);
+                    }
+                    return;
+                }
+                std::thread::park_timeout(std::time::Duration::from_millis(20));
+            }
+        });
+        let r = child.wait();
+        done.store(true, Ordering::Release);
+        watcher.thread().unpark();
+        r
+    })
 }
 
 /// Runs `cmd` with its stdout and stderr copied line by line to stderr, each line prefixed.
-fn prefixed(cmd: &mut Command, prefix: &str) -> std::io::Result<std::process::ExitStatus> {
+fn prefixed(
+    cmd: &mut Command,
+    prefix: &str,
+    interrupted: &AtomicBool,
+) -> std::io::Result<std::process::ExitStatus> {
     use std::io::{BufRead, Write};
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let out: Vec<Box<dyn std::io::Read + Send>> = [
@@ -148,7 +184,7 @@ fn prefixed(cmd: &mut Command, prefix: &str) -> std::io::Result<std::process::Ex
                 }
             });
         }
-        child.wait()
+        wait_stopping(&mut child, interrupted)
     })
 }
 
@@ -178,17 +214,28 @@ pub fn run_container(store: &Store, c: &Container<'_>) -> Result<(i32, PathBuf, 
     cmd.arg("--").args(c.argv.iter().map(OsString::from));
     cmd.stdin(Stdio::null());
     let status = match (&c.prefix, c.quiet) {
-        (_, true) => cmd.stdout(Stdio::null()).stderr(Stdio::null()).status(),
-        (Some(p), false) => prefixed(&mut cmd, p),
+        (_, true) => cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn(),
+        (Some(p), false) => return finish(prefixed(&mut cmd, p, c.interrupted), c, dir, staging),
         (None, false) => {
             // The step's output goes to stderr: stdout carries only the image ID.
             let dup = std::os::fd::AsFd::as_fd(&std::io::stderr())
                 .try_clone_to_owned()
                 .map_err(io_err("duplicating", "stderr"))?;
-            cmd.stdout(Stdio::from(dup)).status()
+            cmd.stdout(Stdio::from(dup)).spawn()
         }
     }
-    .map_err(io_err("running", c.exe))?;
+    .and_then(|mut child| wait_stopping(&mut child, c.interrupted));
+    finish(status, c, dir, staging)
+}
+
+/// The container's exit code (128 + signal when killed), its upper and its staging.
+fn finish(
+    status: std::io::Result<std::process::ExitStatus>,
+    c: &Container<'_>,
+    dir: PathBuf,
+    staging: Staging,
+) -> Result<(i32, PathBuf, Staging)> {
+    let status = status.map_err(io_err("running", c.exe))?;
     let code = status
         .code()
         .or_else(|| std::os::unix::process::ExitStatusExt::signal(&status).map(|s| 128 + s))
