@@ -16,7 +16,8 @@
 #
 # Environment:
 #   CANDIDATES="kernel fuse-overlayfs strata"   the default; a name is a program on PATH or a
-#                 path (taking `-o lowerdir=..,upperdir=..,workdir=.. MNT`), LABEL=PATH names one
+#                 path (taking `-o lowerdir=..,upperdir=..,workdir=.. MNT`), LABEL=PATH names one;
+#                 strata-lower is strata with -o passthrough=lower
 #   STRATA=PATH   the strata binary to measure (default: a release build of this checkout)
 #   STRATA_BENCH_DIR=/var/tmp   where the fixture is cached (strata-bench-vN-full|quick) and
 #                 the mounts are made; it must be a real disk filesystem (the upper goes there)
@@ -105,13 +106,15 @@ fi
 
 # ---- candidates: label -> program ("kernel" is the kernel's overlay) -------------------------
 read -r -a cand_args <<< "${CANDIDATES:-kernel fuse-overlayfs strata}"
-declare -A prog=()
+declare -A prog=() extra=()
 candidates=()
 for a in "${cand_args[@]}"; do
   label="${a%%=*}" bin="${a#*=}"
   case "$label" in
     kernel) bin=kernel ;;
     strata) [ "$a" = strata ] && bin="$STRATA" ;;
+    # strata with -o passthrough=lower (lower files read through FUSE passthrough, see README)
+    strata-lower) [ "$a" = strata-lower ] && bin="$STRATA"; extra[$label]=",passthrough=lower" ;;
     *) [ "$a" = "$label" ] && label=$(basename "$a") ;;
   esac
   if [ "$bin" != kernel ] && ! bin=$(command -v "$bin"); then
@@ -210,7 +213,7 @@ mount_cand() {
     [ "${1:-}" = ro ] || o="$o,redirect_dir=on,index=on"
     mount -t overlay overlay -o "$o" "$mnt"
   else
-    "${prog[$cand]}" -o "$o" "$mnt" >> "$log" 2>&1
+    "${prog[$cand]}" -o "$o${extra[$cand]:-}" "$mnt" >> "$log" 2>&1
   fi
   mountpoint -q "$mnt"
 }
@@ -219,7 +222,7 @@ mount_fg() {
   local i
   rm -rf "$run/u" "$run/w"
   mkdir -p "$run/u" "$run/w" "$mnt"
-  "${prog[$cand]}" -f -o "lowerdir=$lowers,upperdir=$run/u,workdir=$run/w" "$mnt" >> "$log" 2>&1 &
+  "${prog[$cand]}" -f -o "lowerdir=$lowers,upperdir=$run/u,workdir=$run/w${extra[$cand]:-}" "$mnt" >> "$log" 2>&1 &
   daemon=$!
   echo "$daemon" > "$run/daemon.pid"
   for i in $(seq 200); do
