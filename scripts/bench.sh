@@ -17,7 +17,8 @@
 # Environment:
 #   CANDIDATES="kernel fuse-overlayfs strata"   the default; a name is a program on PATH or a
 #                 path (taking `-o lowerdir=..,upperdir=..,workdir=.. MNT`), LABEL=PATH names one;
-#                 strata-lower is strata with -o passthrough=lower
+#                 strata-lower is strata with -o passthrough=lower; fuse-overlayfs2 on PATH
+#                 (fuse-overlayfs 2.0) is added to the default as fo2
 #   STRATA=PATH   the strata binary to measure (default: a release build of this checkout)
 #   STRATA_BENCH_DIR=/var/tmp   where the fixture is cached (strata-bench-vN-full|quick) and
 #                 the mounts are made; it must be a real disk filesystem (the upper goes there)
@@ -105,7 +106,11 @@ if [ -z "${STRATA:-}" ]; then
 fi
 
 # ---- candidates: label -> program ("kernel" is the kernel's overlay) -------------------------
-read -r -a cand_args <<< "${CANDIDATES:-kernel fuse-overlayfs strata}"
+# fuse-overlayfs 2.0 (the Rust rewrite) joins the default run when it is on PATH as
+# fuse-overlayfs2 (build it from github.com/containers/fuse-overlayfs, outside this tree).
+default_candidates="kernel fuse-overlayfs strata"
+command -v fuse-overlayfs2 > /dev/null && default_candidates="kernel fuse-overlayfs fo2=fuse-overlayfs2 strata"
+read -r -a cand_args <<< "${CANDIDATES:-$default_candidates}"
 declare -A prog=() extra=()
 candidates=()
 for a in "${cand_args[@]}"; do
