@@ -602,7 +602,7 @@ fn sigint_during_run_stops_the_container_and_cleans_up() {
         "interrupted",
         &[(
             "Dockerfile",
-            "FROM busybox\nRUN echo kept > /kept\nRUN echo started; sleep 60\n",
+            "FROM busybox\nRUN echo kept > /kept\nRUN echo \"$((6 * 7))-up\"; sleep 60\n",
         )],
     );
     let err_path = env.path("interrupted.err");
@@ -615,7 +615,8 @@ fn sigint_during_run_stops_the_container_and_cleans_up() {
         .spawn()
         .unwrap();
     let started = common::wait_until(Duration::from_secs(60), || {
-        fs::read_to_string(&err_path).is_ok_and(|e| e.contains("started"))
+        // The container's own output: the step's header shows the text, not "42-up".
+        fs::read_to_string(&err_path).is_ok_and(|e| e.lines().any(|l| l.ends_with("42-up")))
     });
     let pid = rustix::process::Pid::from_child(&child);
     rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();

@@ -255,6 +255,42 @@ fn exit_codes_and_signals() {
     b.assert_clean();
 }
 
+/// SIGTERM sent at once or a few milliseconds after `strata run` starts, while it is still
+/// setting up: it reaches the command (kernel PID 1 would drop it before its handler exists)
+/// or ends strata before it made anything, nothing is left, and the run does not wait out the
+/// command's sleep.
+#[test]
+fn an_early_sigterm_reaches_the_command() {
+    let Some(b) = Box::new() else { return };
+    // Signals wait blocked during the setup; the command itself starts with none blocked.
+    let o = b.run(&[], "grep SigBlk /proc/self/status");
+    assert_eq!(stdout(&o), "SigBlk:\t0000000000000000\n", "{}", stderr(&o));
+    for delay_ms in [0u64, 1, 3, 6, 10, 20, 40, 80] {
+        let mut child = b.cmd(&[], "sleep 30").spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let mut status = None;
+        wait_until(std::time::Duration::from_secs(15), || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("SIGTERM {delay_ms} ms after the start was lost: still running after 15 s");
+        };
+        // 143: the command got it. Before strata's first instructions run, the default
+        // action ends strata itself (nothing made yet): also prompt, also clean.
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            status.code() == Some(143) || status.signal() == Some(libc::SIGTERM),
+            "SIGTERM after {delay_ms} ms: {status:?}"
+        );
+    }
+    b.assert_clean();
+}
+
 #[test]
 fn orphans_are_reaped() {
     let Some(b) = Box::new() else { return };

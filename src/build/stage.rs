@@ -541,6 +541,14 @@ impl<'a> Builder<'a> {
                 user,
                 network,
             } => {
+                // Interrupted before the container starts: do not start it.
+                if self
+                    .opts
+                    .interrupted
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    return Err(BuildError::Interrupted);
+                }
                 let c = Container {
                     exe: &self.opts.strata_exe,
                     lowers: &lowers,

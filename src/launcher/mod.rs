@@ -329,6 +329,10 @@ pub fn run(spec: &RunSpec) -> Result<i32, RunError> {
         }
     }
     let rootless = !sys::is_root();
+    // Signals for the container wait (blocked) until each process on the way has its relay:
+    // one sent during the setup reaches the command instead of killing us half-way (leaving
+    // the scratch layer) or vanishing at PID 1, which drops signals it has no handler for.
+    let blocked = sys::BlockedSignals::new(init::FORWARDED).map_err(RunError::Process)?;
     let scratch = Scratch::new(spec)?;
 
     // 1. Our own mount namespace: the union is mounted and served only there.
@@ -358,6 +362,8 @@ pub fn run(spec: &RunSpec) -> Result<i32, RunError> {
     // Until `Go` is sent, the relay waits; on any error here it is told why and exits.
     let mut go = std::fs::File::from(go_wr);
     let started = supervise(spec, &scratch, relay, &mut go, squash);
+    // The forwarding thread is there (or we failed): what is pending goes to the relay now.
+    drop(blocked);
     if let Err(e) = &started {
         let _ = handshake::send(&mut go, &Msg::Fail(e.to_string()));
     }
@@ -460,10 +466,18 @@ fn child(spec: &RunSpec, root: &Path, go: std::os::fd::OwnedFd, rootless: bool) 
         Ok(s) => s,
         Err(e) => fail(&RunError::Process(e)),
     };
+    // Until PID 1 has its handlers, the kernel would drop what the relay passes on (a SIGTERM
+    // right after the start): blocked, it waits for them.
+    if let Err(e) = sys::mask_signals(init::FORWARDED, true) {
+        fail(&RunError::Process(e));
+    }
     match sys::fork() {
         Err(e) => fail(&RunError::Process(e)),
         Ok(Forked::Parent(pid1)) => {
             // The relay: signals down, the exit status up.
+            if let Err(e) = sys::mask_signals(init::FORWARDED, false) {
+                fail(&RunError::Process(e));
+            }
             std::process::exit(init::relay(signals, pid1, false));
         }
         Ok(Forked::Child) => {}
@@ -480,9 +494,22 @@ fn child(spec: &RunSpec, root: &Path, go: std::os::fd::OwnedFd, rootless: bool) 
     };
     match sys::fork() {
         Err(e) => fail(&RunError::Process(e)),
-        Ok(Forked::Parent(cmd)) => std::process::exit(init::relay(signals, cmd, true)),
+        Ok(Forked::Parent(cmd)) => {
+            // Handlers in place: what came meanwhile is delivered now, relayed to the command.
+            if let Err(e) = sys::mask_signals(init::FORWARDED, false) {
+                fail(&RunError::Process(e));
+            }
+            std::process::exit(init::relay(signals, cmd, true))
+        }
         Ok(Forked::Child) => {
             drop(signals);
+            // The command starts with default actions and nothing blocked (exec keeps the
+            // mask); a signal relayed before this point acts now, as on the command.
+            if let Err(e) = sys::default_signals(init::FORWARDED)
+                .and_then(|()| sys::mask_signals(init::FORWARDED, false))
+            {
+                fail(&RunError::Process(e));
+            }
             init::exec(spec)
         }
     }

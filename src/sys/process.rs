@@ -113,3 +113,57 @@ pub fn release_free_memory() {
 pub fn cpu_count() -> usize {
     rustix::thread::sched_getaffinity(None).map_or(1, |s| s.count().max(1) as usize)
 }
+
+/// Blocks (`block: true`) or unblocks `signals` for the calling thread (`pthread_sigmask`).
+/// A blocked signal stays pending until unblocked. That matters for PID 1 of a new namespace:
+/// the kernel drops a signal sent to it while it has no handler, but queues a blocked one.
+pub fn mask_signals(signals: &[i32], block: bool) -> io::Result<()> {
+    // SAFETY: an all-zero sigset_t is a valid value for sigemptyset to initialise.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, exclusively borrowed sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    for &s in signals {
+        // SAFETY: as above; an invalid signal number only makes sigaddset fail.
+        if unsafe { libc::sigaddset(&mut set, s) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let how = if block {
+        libc::SIG_BLOCK
+    } else {
+        libc::SIG_UNBLOCK
+    };
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    let r = unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
+    match r {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Sets `signals` back to their default action (`SIG_DFL`), in a child about to exec.
+pub fn default_signals(signals: &[i32]) -> io::Result<()> {
+    for &s in signals {
+        // SAFETY: SIG_DFL installs no handler code; an invalid number only fails the call.
+        if unsafe { libc::signal(s, libc::SIG_DFL) } == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `signals` blocked (see [`mask_signals`]) until dropped.
+pub struct BlockedSignals(&'static [i32]);
+
+impl BlockedSignals {
+    pub fn new(signals: &'static [i32]) -> io::Result<Self> {
+        mask_signals(signals, true)?;
+        Ok(BlockedSignals(signals))
+    }
+}
+
+impl Drop for BlockedSignals {
+    fn drop(&mut self) {
+        let _ = mask_signals(self.0, false);
+    }
+}
