@@ -259,7 +259,9 @@ impl Filesystem for StrataFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.count(Op::Open);
-        let writer = crate::union::opens_for_writing(flags.0);
+        // Writers are tracked only where lower backings exist (`passthrough=lower`): in the
+        // exact mode no writer can meet one, and each open for writing saves the bookkeeping.
+        let writer = self.lower_passthrough && crate::union::opens_for_writing(flags.0);
         if writer && let Err(e) = self.passthrough_cache.begin_write(ino.0) {
             return reply.error(errno(e));
         }
@@ -505,7 +507,7 @@ impl Filesystem for StrataFs {
             fh: fh.map(|f| f.0),
         };
         // A size change is a write: refused while readers hold a lower backing of the file.
-        let truncates = size.is_some();
+        let truncates = self.lower_passthrough && size.is_some();
         if truncates && let Err(e) = self.passthrough_cache.begin_write(ino.0) {
             return reply.error(errno(e));
         }

@@ -128,6 +128,18 @@ impl<'a> Builder<'a> {
         })
     }
 
+    /// Err(Interrupted) once SIGINT/SIGTERM reached the build.
+    fn stop_if_interrupted(&self) -> Result<()> {
+        match self
+            .opts
+            .interrupted
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            true => Err(BuildError::Interrupted),
+            false => Ok(()),
+        }
+    }
+
     fn say(&self, line: String) {
         if !self.opts.quiet {
             eprintln!("{line}");
@@ -325,13 +337,7 @@ impl<'a> Builder<'a> {
         }
         body.extend(sp.body.iter().cloned());
         for ins in &body {
-            if self
-                .opts
-                .interrupted
-                .load(std::sync::atomic::Ordering::Relaxed)
-            {
-                return Err(BuildError::Interrupted);
-            }
+            self.stop_if_interrupted()?;
             self.instruction(&mut st, ins)?;
         }
         Ok(st.img)
@@ -542,13 +548,7 @@ impl<'a> Builder<'a> {
                 network,
             } => {
                 // Interrupted before the container starts: do not start it.
-                if self
-                    .opts
-                    .interrupted
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                {
-                    return Err(BuildError::Interrupted);
-                }
+                self.stop_if_interrupted()?;
                 let c = Container {
                     exe: &self.opts.strata_exe,
                     lowers: &lowers,
@@ -563,13 +563,7 @@ impl<'a> Builder<'a> {
                     interrupted: &self.opts.interrupted,
                 };
                 let (code, upper, _staging) = workspace::run_container(self.store, &c)?;
-                if self
-                    .opts
-                    .interrupted
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                {
-                    return Err(BuildError::Interrupted);
-                }
+                self.stop_if_interrupted()?;
                 if code != 0 {
                     return Err(BuildError::RunFailed {
                         line: ins.line,

@@ -213,29 +213,23 @@ pub fn run_container(store: &Store, c: &Container<'_>) -> Result<(i32, PathBuf, 
     }
     cmd.arg("--").args(c.argv.iter().map(OsString::from));
     cmd.stdin(Stdio::null());
+    let wait = |mut child: std::process::Child| wait_stopping(&mut child, c.interrupted);
     let status = match (&c.prefix, c.quiet) {
-        (_, true) => cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn(),
-        (Some(p), false) => return finish(prefixed(&mut cmd, p, c.interrupted), c, dir, staging),
+        (_, true) => cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(wait),
+        (Some(p), false) => prefixed(&mut cmd, p, c.interrupted),
         (None, false) => {
             // The step's output goes to stderr: stdout carries only the image ID.
             let dup = std::os::fd::AsFd::as_fd(&std::io::stderr())
                 .try_clone_to_owned()
                 .map_err(io_err("duplicating", "stderr"))?;
-            cmd.stdout(Stdio::from(dup)).spawn()
+            cmd.stdout(Stdio::from(dup)).spawn().and_then(wait)
         }
     }
-    .and_then(|mut child| wait_stopping(&mut child, c.interrupted));
-    finish(status, c, dir, staging)
-}
-
-/// The container's exit code (128 + signal when killed), its upper and its staging.
-fn finish(
-    status: std::io::Result<std::process::ExitStatus>,
-    c: &Container<'_>,
-    dir: PathBuf,
-    staging: Staging,
-) -> Result<(i32, PathBuf, Staging)> {
-    let status = status.map_err(io_err("running", c.exe))?;
+    .map_err(io_err("running", c.exe))?;
     let code = status
         .code()
         .or_else(|| std::os::unix::process::ExitStatusExt::signal(&status).map(|s| 128 + s))

@@ -73,7 +73,7 @@ struct State<B> {
 pub struct PassthroughCache<B> {
     // One lock: only opens and releases take it, never reads or writes.
     state: Mutex<State<B>>,
-    /// Signalled by each release, for writers waiting on a lower backing.
+    /// Signalled by each release of a lower backing's handle, for writers waiting on it.
     released: Condvar,
 }
 
@@ -217,9 +217,13 @@ impl<B> PassthroughCache<B> {
         match held {
             Held::Cached(ino) => bump(&mut s.cached, ino, false),
             Held::Passthrough(b) => {
+                let lower = b.source == Source::Lower;
                 drop(b);
                 if s.backing.get(&ino).is_some_and(|w| w.strong_count() == 0) {
                     s.backing.remove(&ino);
+                }
+                // Also when an open still holds a clone for a moment: the waiter checks again.
+                if lower {
                     self.released.notify_all();
                 }
             }
